@@ -1,0 +1,178 @@
+"""name → optimizer for a model: the optimizers ngl-profile compares, built the same way everywhere.
+
+Low rank goes to the 2-D weights of the linear layers inside the repeated transformer blocks
+(attention and MLP, the paper's choice); embeddings, the LM head / classifier, norms and biases
+take the plain path. Every name except lora and galore-torch also has a `-layerwise` variant.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .layerwise import LayerwiseOptimizer
+from .optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
+                        NaturalGaLoreAdamW8bit)
+
+__all__ = ["OPTIMIZERS", "build", "low_rank_parameters", "optimizer_names"]
+
+_BLOCK = re.compile(r"(^|\.)(layers|layer|h|blocks)\.\d+\.")
+_ADAM = ("lr", "betas", "eps", "weight_decay")
+_ADAFACTOR = ("lr", "beta1", "weight_decay")
+_GALORE = ("rank", "update_proj_gap", "scale", "proj_type")
+_NATURAL = _GALORE + ("history_size", "damping", "history_dtype", "on_subspace_change")
+_LORA = ("rank", "lora_alpha", "lora_dropout", "lr", "weight_decay")
+LAYERWISE_SUFFIX = "-layerwise"
+
+
+def low_rank_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(matrices that get low rank, everything else), trainable parameters only."""
+    chosen: set[int] = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and _BLOCK.search(name + "."):
+            if module.weight.requires_grad:
+                chosen.add(id(module.weight))
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [p for p in params if id(p) in chosen], [p for p in params if id(p) not in chosen]
+
+
+@dataclass(frozen=True, slots=True)
+class OptimizerSpec:
+    name: str
+    description: str
+    hparams: tuple[str, ...]
+    make: Callable[[nn.Module, dict], tuple[list, Callable[[list], torch.optim.Optimizer]]]
+    """(model, hparams) → (param groups, groups → optimizer); the split lets -layerwise reuse it."""
+    layerwise: bool = True
+
+
+def _plain(cls_path: str, keys: tuple[str, ...]):
+    def make(model, hp):
+        cls = _import(cls_path)
+        kwargs = {k: hp[k] for k in keys if k in hp}
+        if cls_path.endswith("Adafactor"):
+            kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False,
+                      "lr": hp.get("lr", 1e-3), **{k: v for k, v in kwargs.items() if k != "lr"}}
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda g: cls(g, **kwargs)
+
+    return make
+
+
+def _import(path: str):
+    module, _, attr = path.rpartition(".")
+    return getattr(__import__(module, fromlist=[attr]), attr)
+
+
+def _low_rank(cls, history: bool, opt_keys: tuple[str, ...]):
+    def make(model, hp):
+        matrices, rest = low_rank_parameters(model)
+        group = {"params": matrices, "rank": hp.get("rank", 128)}
+        for key in _NATURAL[1:]:
+            if key in hp:
+                group[key] = hp[key]
+        if not history:
+            group["history_size"] = 0
+        kwargs = {k: hp[k] for k in opt_keys if k in hp}
+        return [group, {"params": rest}], lambda g: cls(g, **kwargs)
+
+    return make
+
+
+def _galore_torch(model, hp):
+    try:
+        from galore_torch import GaLoreAdamW
+    except ImportError as e:
+        raise ValueError("optimizer 'galore-torch' needs the published galore-torch package: "
+                         "pip install 'ngl-profile[peers]'") from e
+    matrices, rest = low_rank_parameters(model)
+    group = {"params": matrices, "rank": hp.get("rank", 128)}
+    for key in ("update_proj_gap", "scale", "proj_type"):
+        group[key] = hp.get(key, LOW_RANK_DEFAULTS[key])
+    kwargs = {k: hp[k] for k in _ADAM if k in hp}
+    kwargs.setdefault("eps", 1e-8)  # galore-torch defaults to 1e-6; compare like with like
+    return [group, {"params": rest}], lambda g: GaLoreAdamW(g, no_deprecation_warning=True, **kwargs)
+
+
+def _lora(model, hp):
+    from peft import LoraConfig, inject_adapter_in_model
+
+    matrices, _ = low_rank_parameters(model)
+    names = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    targets = sorted({names[id(p)].rsplit(".", 1)[-1] for p in matrices})
+    rank = hp.get("rank", 8)
+    config = LoraConfig(r=rank, lora_alpha=hp.get("lora_alpha", 2 * rank),
+                        lora_dropout=hp.get("lora_dropout", 0.0), target_modules=targets)
+    inject_adapter_in_model(config, model)  # in place: the caller's model now trains the adapters
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name)
+    kwargs = {k: hp[k] for k in ("lr", "weight_decay") if k in hp}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": params}], lambda g: torch.optim.AdamW(g, **kwargs)
+
+
+_SPECS = [
+    OptimizerSpec("adamw", "torch.optim.AdamW on every parameter", _ADAM,
+                  _plain("torch.optim.AdamW", _ADAM)),
+    OptimizerSpec("adamw8bit", "bitsandbytes AdamW8bit (blockwise 8-bit moments)", _ADAM,
+                  _plain("bitsandbytes.optim.AdamW8bit", _ADAM)),
+    OptimizerSpec("adafactor", "transformers' Adafactor (factored second moment), fixed lr", _ADAFACTOR,
+                  _plain("transformers.optimization.Adafactor", ("lr", "beta1", "weight_decay"))),
+    OptimizerSpec("galore", "GaLore AdamW (ours, history_size 0)", _ADAM + _GALORE,
+                  _low_rank(NaturalGaLoreAdamW, False, _ADAM)),
+    OptimizerSpec("galore-8bit", "GaLore with 8-bit Adam moments (ours, history_size 0)", _ADAM + _GALORE,
+                  _low_rank(NaturalGaLoreAdamW8bit, False, _ADAM)),
+    OptimizerSpec("galore-adafactor", "GaLore with Adafactor moments (ours, history_size 0)",
+                  _ADAFACTOR + _GALORE, _low_rank(NaturalGaLoreAdafactor, False, _ADAFACTOR)),
+    OptimizerSpec("natural-galore", "Natural GaLore, AdamW moments", _ADAM + _NATURAL,
+                  _low_rank(NaturalGaLoreAdamW, True, _ADAM)),
+    OptimizerSpec("natural-galore-8bit", "Natural GaLore, 8-bit Adam moments", _ADAM + _NATURAL,
+                  _low_rank(NaturalGaLoreAdamW8bit, True, _ADAM)),
+    OptimizerSpec("natural-galore-adafactor", "Natural GaLore, Adafactor moments", _ADAFACTOR + _NATURAL,
+                  _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR)),
+    OptimizerSpec("galore-torch", "the published galore-torch GaLoreAdamW (extra 'peers')",
+                  _ADAM + _GALORE, _galore_torch),
+    OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,
+                  layerwise=False),
+]
+
+
+def _registry() -> dict[str, OptimizerSpec]:
+    out: dict[str, OptimizerSpec] = {}
+    for spec in _SPECS:
+        variants = [spec]
+        if spec.layerwise:
+            variants.append(OptimizerSpec(spec.name + LAYERWISE_SUFFIX,
+                                          spec.description + ", stepped per layer during backward",
+                                          spec.hparams + ("accumulation_steps",), spec.make, False))
+        for v in variants:
+            if v.name in out:
+                raise ValueError(f"optimizer {v.name!r} registered twice")
+            out[v.name] = v
+    return out
+
+
+OPTIMIZERS = _registry()
+
+
+def optimizer_names() -> list[str]:
+    return list(OPTIMIZERS)
+
+
+def build(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:
+    """The optimizer `name` for `model` (lora injects its adapters into `model` in place)."""
+    spec = OPTIMIZERS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
+    unknown = sorted(set(hparams) - set(spec.hparams))
+    if unknown:
+        raise ValueError(f"optimizer {name!r} takes no {', '.join(unknown)}; "
+                         f"it takes: {', '.join(spec.hparams)}")
+    accumulation = hparams.pop("accumulation_steps", 1)
+    groups, make = spec.make(model, hparams)
+    groups = [g for g in groups if g["params"]]
+    if name.endswith(LAYERWISE_SUFFIX):
+        return LayerwiseOptimizer(groups, make, accumulation_steps=accumulation)
+    return make(groups)

@@ -1,0 +1,141 @@
+"""The Natural GaLore correction: a window of recent projected gradients and its Woodbury solve.
+
+With G = [g_{t-s+1} … g_t] (k×s, newest column = g_t) and damping λ, the paper's update is
+    g̃ = (λI + GGᵀ)⁻¹ g_t = (g_t − G z)/λ,   S z = Gᵀ g_t,   S = λI + GᵀG.
+As printed, that subtracts two nearly equal k-vectors whenever ‖g‖² ≫ λ (always, for LLM gradients
+at λ = 1e-3) and float32 leaves only rounding noise. Because g_t = G e_last, the push-through
+identity (λI + GGᵀ)⁻¹G = G(λI + GᵀG)⁻¹ gives the same vector with no subtraction:
+    S w = e_last,   g̃ = G w.
+The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in float64 and updated by
+one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
+torch.stack of the history every step, as the official code does).
+
+State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them):
+  history        s×k ring buffer in the storage dtype (float32, bfloat16 or int8)
+  history_scale  s per-column scales, int8 storage only (absmax / 127)
+  gram           s×s float64 Gram matrix of the stored (dequantized) columns, slot order
+  history_count  number of filled slots (≤ s);  history_head  slot the next column goes to
+  damping_backoffs  how often the Cholesky factorisation needed a larger λ
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "solve", "rotate_window",
+           "history_nbytes"]
+
+HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
+# Columns are read in slices of this many elements so that the float64 Gram update never
+# materialises an s×k float64 copy of the window (for a 7B MLP matrix that would be ~0.9 GB).
+_CHUNK = 1 << 18
+_MAX_BACKOFF = 6  # λ grows ×10 per retry: 1e-3 → 1e3 at most, then the window is bypassed
+
+
+def history_nbytes(k: int, s: int, storage: str) -> int:
+    """Bytes of one parameter's window by count: the buffer, int8 scales, and the float64 Gram."""
+    item = torch.empty((), dtype=HISTORY_DTYPES[storage]).element_size()
+    scales = 4 * s if storage == "int8" else 0
+    return s * k * item + scales + 8 * s * s
+
+
+def init_window(state: dict, k: int, s: int, storage: str, device: torch.device) -> None:
+    state["history"] = torch.zeros(s, k, dtype=HISTORY_DTYPES[storage], device=device)
+    if storage == "int8":
+        state["history_scale"] = torch.ones(s, dtype=torch.float32, device=device)
+    state["gram"] = torch.zeros(s, s, dtype=torch.float64, device=device)
+    state["history_count"] = 0
+    state["history_head"] = 0
+    state["damping_backoffs"] = 0
+
+
+def reset_window(state: dict) -> None:
+    state["gram"].zero_()
+    state["history_count"] = 0
+    state["history_head"] = 0
+
+
+def _columns(state: dict, rows: slice, lo: int, hi: int, dtype: torch.dtype) -> torch.Tensor:
+    """Dequantized slice [lo:hi) of the stored columns `rows`, as `dtype`."""
+    c = state["history"][rows, lo:hi].to(dtype)
+    scale = state.get("history_scale")
+    if scale is not None:
+        c = c * scale[rows, None].to(dtype)
+    return c
+
+
+def _store(state: dict, slot: int, g: torch.Tensor) -> None:
+    buf = state["history"]
+    if buf.dtype == torch.int8:
+        # per-column absmax keeps the int8 grid matched to each gradient's own scale
+        scale = g.abs().amax().float().clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+        state["history_scale"][slot] = scale
+        buf[slot].copy_(torch.round(g.float() / scale).clamp_(-127, 127))
+    else:
+        buf[slot].copy_(g)
+
+
+def _gram_update(state: dict, slot: int, n: int) -> None:
+    """Recompute row/column `slot` of GᵀG over the n filled slots, in float64."""
+    k = state["history"].shape[1]
+    row = torch.zeros(n, dtype=torch.float64, device=state["gram"].device)
+    for lo in range(0, k, _CHUNK):
+        c = _columns(state, slice(0, n), lo, min(k, lo + _CHUNK), torch.float64)  # n × chunk
+        row += c @ c[slot]
+    state["gram"][slot, :n] = row
+    state["gram"][:n, slot] = row
+
+
+def push(state: dict, g: torch.Tensor) -> None:
+    """Append the flattened projected gradient g (length k) as the newest column."""
+    s = state["history"].shape[0]
+    slot = state["history_head"]
+    _store(state, slot, g)
+    state["history_count"] = min(state["history_count"] + 1, s)
+    state["history_head"] = (slot + 1) % s
+    _gram_update(state, slot, state["history_count"])
+
+
+def solve(state: dict, damping: float) -> torch.Tensor:
+    """g̃ = G w with (λI + GᵀG) w = e_newest; float32 result of length k.
+
+    Needs a pushed column. `cholesky_ex` reports failure instead of raising; the check of its
+    `info` is a host sync on an s×s problem, paid once per parameter and step.
+    """
+    n = state["history_count"]
+    newest = (state["history_head"] - 1) % state["history"].shape[0]
+    gram = state["gram"][:n, :n]
+    eye = torch.eye(n, dtype=torch.float64, device=gram.device)
+    e = eye[:, newest : newest + 1]
+    lam = damping
+    for _ in range(_MAX_BACKOFF + 1):
+        chol, info = torch.linalg.cholesky_ex(gram + lam * eye)
+        if int(info) == 0:
+            w = torch.cholesky_solve(e, chol).squeeze(1)
+            break
+        state["damping_backoffs"] += 1
+        lam *= 10.0
+    else:
+        # the Gram matrix is beyond repair (it cannot be, with finite gradients, but never NaN):
+        # fall back to the λ → ∞ limit of the formula, g̃ = g_t / λ
+        w = e.squeeze(1) / lam
+    k = state["history"].shape[1]
+    out = torch.empty(k, dtype=torch.float32, device=gram.device)
+    w32 = w.float()
+    for lo in range(0, k, _CHUNK):
+        hi = min(k, lo + _CHUNK)
+        torch.mv(_columns(state, slice(0, n), lo, hi, torch.float32).t(), w32, out=out[lo:hi])
+    return out
+
+
+def rotate_window(state: dict, change_basis) -> None:
+    """Re-express every stored column with `change_basis(column) -> column`, then rebuild GᵀG.
+
+    One column at a time, so the transient is one k-vector, not a dequantized copy of the window.
+    """
+    n = state["history_count"]
+    k = state["history"].shape[1]
+    for j in range(n):
+        _store(state, j, change_basis(_columns(state, slice(j, j + 1), 0, k, torch.float32)[0]))
+    state["gram"].zero_()
+    for j in range(n):
+        _gram_update(state, j, n)

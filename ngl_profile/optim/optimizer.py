@@ -1,0 +1,210 @@
+"""Natural GaLore optimizers: GaLore's low-rank projection + the windowed inverse-Fisher correction.
+
+One step for a parameter with a rank (paper §2, DESIGN.md "seed formula"):
+  every update_proj_gap steps: P ← top-r singular vectors of ∇ (SVD in float32)
+  g_t = project(∇)                          projected gradient, flattened to length k
+  g̃  = (λI + GGᵀ)⁻¹ g_t                     window of the last s projected gradients (natural.py)
+  N, c = rule(g̃)                             Adam / 8-bit Adam / Adafactor moments (rules.py)
+  p ← p − lr·c·scale·project_back(N);  then p ← p − lr·wd·p (decoupled, galore-torch's order)
+Groups without "rank" use the same rule on the full gradient (plain AdamW etc.).
+"""
+from __future__ import annotations
+
+import warnings
+from itertools import chain
+
+import torch
+
+from . import natural
+from .projector import (PROJ_TYPES, clamp_rank, compute_basis, project, project_back,
+                        projected_shape, resolve_side, rotate)
+from .rules import Adam8bitRule, AdafactorRule, AdamRule
+
+__all__ = ["NaturalGaLoreAdamW", "NaturalGaLoreAdamW8bit", "NaturalGaLoreAdafactor",
+           "LOW_RANK_DEFAULTS", "SUBSPACE_POLICIES"]
+
+SUBSPACE_POLICIES = ("keep", "reset", "rotate")
+LOW_RANK_DEFAULTS = {"update_proj_gap": 200, "scale": 0.25, "proj_type": "std", "history_size": 10,
+                     "damping": 1e-3, "history_dtype": "float32", "on_subspace_change": "keep"}
+
+
+def _history_dtype_name(value) -> str:
+    for name, dtype in natural.HISTORY_DTYPES.items():
+        if value in (name, dtype):
+            return name
+    raise ValueError(f"history_dtype must be one of {', '.join(natural.HISTORY_DTYPES)}; got {value!r}")
+
+
+def _check(ok: bool, name: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{name} must be {allowed}; got {value!r}")
+
+
+def _validate_low_rank(group: dict) -> None:
+    rank = group["rank"]
+    _check(isinstance(rank, int) and not isinstance(rank, bool) and rank > 0, "rank", rank,
+           "a positive integer")
+    gap = group["update_proj_gap"]
+    _check(isinstance(gap, int) and gap >= 1, "update_proj_gap", gap, "an integer ≥ 1")
+    s = group["history_size"]
+    _check(isinstance(s, int) and not isinstance(s, bool) and s >= 0, "history_size", s,
+           "an integer ≥ 0 (0 = plain GaLore)")
+    _check(isinstance(group["damping"], (int, float)) and group["damping"] > 0, "damping",
+           group["damping"], "a number > 0")
+    _check(isinstance(group["scale"], (int, float)) and group["scale"] > 0, "scale", group["scale"],
+           "a number > 0")
+    _check(group["proj_type"] in PROJ_TYPES, "proj_type", group["proj_type"],
+           f"one of {', '.join(PROJ_TYPES)}")
+    _check(group["on_subspace_change"] in SUBSPACE_POLICIES, "on_subspace_change",
+           group["on_subspace_change"], f"one of {', '.join(SUBSPACE_POLICIES)}")
+    # stored as a name: a string survives torch.load(weights_only=True) on any torch version
+    group["history_dtype"] = _history_dtype_name(group["history_dtype"])
+
+
+class _NaturalGaLore(torch.optim.Optimizer):
+    rule = AdamRule()
+
+    def __init__(self, params, defaults: dict):
+        _check(defaults["lr"] >= 0, "lr", defaults["lr"], "≥ 0")
+        _check(defaults["weight_decay"] >= 0, "weight_decay", defaults["weight_decay"], "≥ 0")
+        self._rank_warned = False
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        if param_group.get("rank") is not None:
+            for key, value in LOW_RANK_DEFAULTS.items():
+                param_group.setdefault(key, value)
+            _validate_low_rank(param_group)
+        super().add_param_group(param_group)
+
+    @property
+    def skipped_updates(self) -> int:
+        """Parameter updates skipped because the gradient held NaN or inf."""
+        return sum(st.get("nonfinite_skips", 0) for st in self.state.values())
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        live = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not live:
+            return loss
+        # one host sync for the whole step, not one per parameter: a norm is inf/NaN iff an entry is
+        finite = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite().tolist()
+        for (p, group), ok in zip(live, finite):
+            if ok:
+                self._step_param(p, group)
+            else:
+                st = self.state[p]
+                st["nonfinite_skips"] = st.get("nonfinite_skips", 0) + 1
+        return loss
+
+    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+        if p.grad.is_sparse:
+            raise RuntimeError("Natural GaLore does not support sparse gradients")
+        state = self.state[p]
+        if "step" not in state:
+            state["step"] = 0
+            state["nonfinite_skips"] = 0
+        low_rank = group.get("rank") is not None and p.dim() >= 2
+        if low_rank:
+            side = resolve_side(p.shape, group["proj_type"])
+            g = self._projected(p, state, group, side)
+        else:
+            g = p.grad
+        if state["step"] == 0:
+            self.rule.init(state, g, group)
+        state["step"] += 1
+        t = state["step"]
+        fused = self.rule.fused_full_update
+        if low_rank or not (fused and fused(p, state, group, t)):
+            n, c = self.rule.direction(state, g, group, t)
+            if low_rank:
+                n = project_back(n, self._basis(state), side)
+                c *= group["scale"]
+            p.add_(n, alpha=-group["lr"] * c)
+        if group["weight_decay"] > 0:
+            p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+
+    @staticmethod
+    def _basis(state: dict) -> tuple[torch.Tensor, ...]:
+        return tuple(state[f"proj_{i}"] for i in range(state["proj_factors"]))
+
+    def _projected(self, p: torch.Tensor, state: dict, group: dict, side: str) -> torch.Tensor:
+        """g̃ for this step: project (refreshing P on gap steps), then the Fisher window if s > 0."""
+        grad = p.grad
+        if state["step"] % group["update_proj_gap"] == 0:
+            ranks = clamp_rank(tuple(p.shape), group["rank"], side)
+            if min(ranks) < group["rank"] and not self._rank_warned:
+                self._rank_warned = True
+                warnings.warn(f"rank {group['rank']} exceeds what a {tuple(p.shape)} tensor allows; "
+                              f"clamped to {ranks} (warned once per optimizer)", stacklevel=4)
+            new = compute_basis(grad, ranks, side)
+            if "proj_factors" in state and group["history_size"] > 0:
+                self._on_subspace_change(state, group, side, self._basis(state), new, ranks, p.shape)
+            state["proj_factors"] = len(new)
+            for i, factor in enumerate(new):
+                state[f"proj_{i}"] = factor
+        g = project(grad, self._basis(state), side)
+        s = group["history_size"]
+        if s == 0:
+            return g
+        if "history" not in state:
+            natural.init_window(state, g.numel(), s, group["history_dtype"], g.device)
+        natural.push(state, g.reshape(-1))
+        return natural.solve(state, group["damping"]).view(g.shape).to(g.dtype)
+
+    @staticmethod
+    def _on_subspace_change(state, group, side, old, new, ranks, shape) -> None:
+        policy = group["on_subspace_change"]
+        if policy == "reset":
+            natural.reset_window(state)
+        elif policy == "rotate":
+            low_shape = projected_shape(tuple(shape), ranks, side)
+            old32, new32 = tuple(u.float() for u in old), tuple(u.float() for u in new)
+            natural.rotate_window(state, lambda col: rotate(col.view(low_shape), old32, new32, side).reshape(-1))
+        # "keep" (the official code's behaviour): old-basis columns stay in the window as they are
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # torch casts every floating state tensor to the parameter's dtype on load; the float64
+        # Gram matrix and a bfloat16 window must come back exactly as saved for a bit-exact resume
+        super().load_state_dict(state_dict)
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for pid, p in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(pid, {}).items():
+                if torch.is_tensor(value):
+                    self.state[p][key] = value.to(device=p.device, copy=True)
+
+
+class NaturalGaLoreAdamW(_NaturalGaLore):
+    """Natural GaLore with AdamW moments. Groups with "rank" are projected; others are plain AdamW."""
+
+    rule = AdamRule()
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        _check(all(0 <= b < 1 for b in betas), "betas", betas, "in [0, 1)")
+        _check(eps >= 0, "eps", eps, "≥ 0")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+
+class NaturalGaLoreAdamW8bit(NaturalGaLoreAdamW):
+    """NaturalGaLoreAdamW with both moments in bitsandbytes blockwise 8-bit (CPU and CUDA)."""
+
+    rule = Adam8bitRule()
+
+
+class NaturalGaLoreAdafactor(_NaturalGaLore):
+    """Natural GaLore with Adafactor's factored second moment (first moment when beta1 is set)."""
+
+    rule = AdafactorRule()
+
+    def __init__(self, params, lr: float = 1e-2, beta1: float | None = None, decay_rate: float = -0.8,
+                 clip_threshold: float = 1.0, eps: float = 1e-30, weight_decay: float = 0.0):
+        _check(beta1 is None or 0 <= beta1 < 1, "beta1", beta1, "None or in [0, 1)")
+        _check(decay_rate < 0, "decay_rate", decay_rate, "< 0")
+        super().__init__(params, dict(lr=lr, beta1=beta1, decay_rate=decay_rate,
+                                      clip_threshold=clip_threshold, eps=eps, weight_decay=weight_decay))

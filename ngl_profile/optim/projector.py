@@ -1,0 +1,110 @@
+"""Low-rank gradient projection: GaLore's one-sided projectors and a Tucker (HOSVD) projector.
+
+Everything here is a pure function of tensors, so the optimizer state holds only tensors (a
+basis is a tuple of factor matrices), never a projector object: `torch.load(weights_only=True)`
+can reload it, unlike galore-torch's pickled `GaLoreProjector`.
+
+Shapes, for a gradient ∇ of shape m×n and rank r:
+  left   P: m×r   g = Pᵀ∇ (r×n)      back: P g
+  right  Q: r×n   g = ∇Qᵀ (m×r)      back: g Q
+  tucker U_i: d_i×r_i for every mode  g = ∇ ×_i U_iᵀ (core)   back: g ×_i U_i
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PROJ_TYPES", "resolve_side", "clamp_rank", "compute_basis", "project", "project_back",
+           "rotate", "projected_shape"]
+
+PROJ_TYPES = ("std", "left", "right", "tucker")
+Basis = tuple[torch.Tensor, ...]
+
+
+def resolve_side(shape: torch.Size | tuple[int, ...], proj_type: str) -> str:
+    """The concrete side for a gradient shape: galore-torch's "std" is right if rows ≥ cols, else left."""
+    if proj_type == "tucker" or len(shape) != 2:
+        # a ≥3-D tensor has no "side"; HOSVD over every mode is the only projection that fits it
+        return "tucker"
+    if proj_type == "std":
+        return "right" if shape[0] >= shape[1] else "left"
+    return proj_type
+
+
+def clamp_rank(shape: tuple[int, ...], rank: int, side: str) -> tuple[int, ...]:
+    """The rank actually used per projected mode (never more than the dimension allows)."""
+    if side == "left":
+        return (min(rank, shape[0]),)
+    if side == "right":
+        return (min(rank, shape[1]),)
+    return tuple(min(rank, d) for d in shape)
+
+
+def projected_shape(shape: tuple[int, ...], ranks: tuple[int, ...], side: str) -> tuple[int, ...]:
+    if side == "left":
+        return (ranks[0], shape[1])
+    if side == "right":
+        return (shape[0], ranks[0])
+    return ranks
+
+
+def _top_left_singular(a: torch.Tensor, r: int) -> torch.Tensor:
+    # SVD in float32 whatever the training dtype: bf16 SVD is unsupported on most backends and
+    # its rounding would pick a different subspace than galore-torch does.
+    u, _, _ = torch.linalg.svd(a.float(), full_matrices=False)
+    return u[:, :r]
+
+
+def compute_basis(grad: torch.Tensor, ranks: tuple[int, ...], side: str) -> Basis:
+    """Top singular vectors of the gradient, stored in the gradient's dtype."""
+    if side == "left":
+        return (_top_left_singular(grad, ranks[0]).to(grad.dtype),)
+    if side == "right":
+        # right singular vectors of ∇ are the left ones of ∇ᵀ; galore-torch keeps them as r×n rows
+        _, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
+        return (vh[: ranks[0]].to(grad.dtype),)
+    factors = []
+    for mode, r in enumerate(ranks):
+        unfolded = grad.movedim(mode, 0).reshape(grad.shape[mode], -1)
+        factors.append(_top_left_singular(unfolded, r).to(grad.dtype))
+    return tuple(factors)
+
+
+def _mode_product(x: torch.Tensor, mats: Basis, transpose: bool) -> torch.Tensor:
+    for mode, u in enumerate(mats):
+        m = u.t() if transpose else u
+        x = torch.tensordot(m, x, dims=([1], [mode])).movedim(0, mode)
+    return x
+
+
+def project(grad: torch.Tensor, basis: Basis, side: str) -> torch.Tensor:
+    if side == "left":
+        return basis[0].t() @ grad
+    if side == "right":
+        return grad @ basis[0].t()
+    return _mode_product(grad, basis, transpose=True)
+
+
+def project_back(low: torch.Tensor, basis: Basis, side: str) -> torch.Tensor:
+    if side == "left":
+        return basis[0] @ low
+    if side == "right":
+        return low @ basis[0]
+    return _mode_product(low, basis, transpose=False)
+
+
+def rotate(low: torch.Tensor, old: Basis, new: Basis, side: str) -> torch.Tensor:
+    """Re-express projected gradients (leading batch dim allowed) from basis `old` in basis `new`.
+
+    left: P_newᵀ P_old g; right: g Q_old Q_newᵀ; tucker: (U_newᵀ U_old) on every mode.
+    The change-of-basis matrices are r×r, so this never forms a full-size gradient.
+    """
+    if side == "left":
+        return (new[0].t() @ old[0]) @ low
+    if side == "right":
+        return low @ (old[0] @ new[0].t())
+    batch = low.dim() - len(old)
+    x = low
+    for mode, (u_old, u_new) in enumerate(zip(old, new)):
+        c = u_new.t() @ u_old
+        x = torch.tensordot(c, x, dims=([1], [batch + mode])).movedim(0, batch + mode)
+    return x

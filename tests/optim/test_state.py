@@ -1,0 +1,133 @@
+"""Checkpointing, non-finite gradients, Cholesky backoff and hyperparameter validation."""
+import io
+import warnings
+
+import pytest
+import torch
+
+from ngl_profile.optim import NaturalGaLoreAdafactor, NaturalGaLoreAdamW, NaturalGaLoreAdamW8bit
+from ngl_profile.optim import natural
+
+
+def make(cls=NaturalGaLoreAdamW, history_dtype="float32", **kw):
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 96)), torch.nn.Parameter(torch.randn(96))]
+    opt = cls([{"params": [params[0]], "rank": 16, "update_proj_gap": 5, "history_size": 4,
+                "history_dtype": history_dtype, **kw}, {"params": [params[1]]}], lr=1e-2)
+    return params, opt
+
+
+def grads(n, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(64, 96, generator=gen) * 50, torch.randn(96, generator=gen)] for _ in range(n)]
+
+
+def train(params, opt, gs):
+    for g in gs:
+        for p, gi in zip(params, g):
+            p.grad = gi.clone()
+        opt.step()
+
+
+@pytest.mark.parametrize("cls", [NaturalGaLoreAdamW, NaturalGaLoreAdamW8bit, NaturalGaLoreAdafactor])
+@pytest.mark.parametrize("history_dtype", ["float32", "bfloat16", "int8"])
+def test_resume_mid_window_mid_gap_is_bit_exact(cls, history_dtype):
+    gs = grads(11, seed=3)
+    ref_params, ref_opt = make(cls, history_dtype)
+    train(ref_params, ref_opt, gs)
+
+    params, opt = make(cls, history_dtype)
+    train(params, opt, gs[:7])  # step 7: window full and sliding, 2 steps into the 2nd gap
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in params]}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+
+    params2, opt2 = make(cls, history_dtype)
+    with torch.no_grad():
+        for p, saved in zip(params2, ckpt["params"]):
+            p.copy_(saved)
+    opt2.load_state_dict(ckpt["opt"])
+    assert opt2.state[params2[0]]["gram"].dtype == torch.float64
+    assert opt2.state[params2[0]]["history"].dtype == natural.HISTORY_DTYPES[history_dtype]
+    train(params2, opt2, gs[7:])
+    for a, b in zip(ref_params, params2):
+        assert torch.equal(a, b)
+
+
+def test_state_holds_only_tensors_and_numbers():
+    params, opt = make()
+    train(params, opt, grads(3, 0))
+    for st in opt.state.values():
+        for v in st.values():
+            assert torch.is_tensor(v) or isinstance(v, (int, float)), type(v)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_gradient_is_skipped_and_counted(bad):
+    params, opt = make()
+    train(params, opt, grads(3, 0))
+    st = opt.state[params[0]]
+    before = [p.detach().clone() for p in params]
+    gram, count = st["gram"].clone(), st["history_count"]
+    moments = st["exp_avg"].clone()
+    g = grads(1, 9)[0]
+    g[0][3, 4] = bad
+    for p, gi in zip(params, g):
+        p.grad = gi
+    opt.step()
+    assert opt.skipped_updates == 1
+    assert torch.equal(params[0], before[0])  # skipped: no update, no weight decay
+    assert not torch.equal(params[1], before[1])  # the other parameter still trains
+    assert torch.equal(st["gram"], gram) and st["history_count"] == count
+    assert torch.equal(st["exp_avg"], moments)
+    train(params, opt, grads(2, 4))  # and training goes on
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_cholesky_failure_raises_damping_instead_of_nan():
+    state = {}
+    natural.init_window(state, 8, 3, "float32", torch.device("cpu"))
+    for _ in range(3):
+        natural.push(state, torch.ones(8))
+    state["gram"][:] = -1.0  # not positive definite for any small λ
+    out = natural.solve(state, 1e-3)
+    assert torch.isfinite(out).all()
+    assert state["damping_backoffs"] > 0
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("rank", 0, "rank must be a positive integer"),
+    ("rank", -3, "rank must be a positive integer"),
+    ("history_size", -1, r"history_size must be an integer ≥ 0"),
+    ("damping", 0.0, "damping must be a number > 0"),
+    ("proj_type", "diagonal", "proj_type must be one of std, left, right, tucker"),
+    ("history_dtype", "fp8", "history_dtype must be one of float32, bfloat16, int8"),
+    ("on_subspace_change", "forget", "on_subspace_change must be one of keep, reset, rotate"),
+    ("update_proj_gap", 0, "update_proj_gap must be an integer ≥ 1"),
+])
+def test_bad_hyperparameters_name_value_and_range(key, value, match):
+    p = torch.nn.Parameter(torch.randn(8, 8))
+    with pytest.raises(ValueError, match=match) as e:
+        NaturalGaLoreAdamW([{"params": [p], "rank": 4, key: value}])
+    assert repr(value) in str(e.value)
+
+
+def test_history_dtype_accepts_torch_dtypes():
+    p = torch.nn.Parameter(torch.randn(8, 8))
+    opt = NaturalGaLoreAdamW([{"params": [p], "rank": 4, "history_dtype": torch.bfloat16}])
+    assert opt.param_groups[0]["history_dtype"] == "bfloat16"
+
+
+def test_rank_larger_than_matrix_is_clamped_with_one_warning():
+    ps = [torch.nn.Parameter(torch.randn(6, 10)), torch.nn.Parameter(torch.randn(10, 4))]
+    opt = NaturalGaLoreAdamW([{"params": ps, "rank": 64, "history_size": 2}])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+    assert len([w for w in caught if "clamped" in str(w.message)]) == 1
+    assert opt.state[ps[0]]["proj_0"].shape == (6, 6)  # left: m×min(r, m)
+    assert opt.state[ps[1]]["proj_0"].shape == (4, 4)  # right: min(r, n)×n
