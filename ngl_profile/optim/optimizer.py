@@ -16,7 +16,7 @@ from itertools import chain
 import torch
 
 from . import natural
-from .projector import (PROJ_TYPES, clamp_rank, compute_basis, project, project_back,
+from .projector import (PROJ_TYPES, add_projected_back, clamp_rank, compute_basis, project,
                         projected_shape, resolve_side, rotate)
 from .rules import Adam8bitRule, AdafactorRule, AdamRule
 
@@ -88,17 +88,10 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        live = [(p, group) for group in self.param_groups for p in group["params"] if p.grad is not None]
-        if not live:
-            return loss
-        # one host sync for the whole step, not one per parameter: a norm is inf/NaN iff an entry is
-        finite = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite().tolist()
-        for (p, group), ok in zip(live, finite):
-            if ok:
-                self._step_param(p, group)
-            else:
-                st = self.state[p]
-                st["nonfinite_skips"] = st.get("nonfinite_skips", 0) + 1
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._step_param(p, group)
         return loss
 
     def _step_param(self, p: torch.Tensor, group: dict) -> None:
@@ -109,11 +102,18 @@ class _NaturalGaLore(torch.optim.Optimizer):
             state["step"] = 0
             state["nonfinite_skips"] = 0
         low_rank = group.get("rank") is not None and p.dim() >= 2
-        if low_rank:
-            side = resolve_side(p.shape, group["proj_type"])
-            g = self._projected(p, state, group, side)
-        else:
-            g = p.grad
+        side = resolve_side(p.shape, group["proj_type"]) if low_rank else None
+        # A non-finite entry of ∇ reaches its projection (inf·x = ±inf, inf·0 = NaN), so for a
+        # low-rank parameter checking the small projected g is enough: no extra pass over ∇.
+        # A float64 sum is finite iff every entry is (it cannot overflow from fp32/bf16 inputs) and
+        # costs one pass where isfinite().all() costs four. Either way a host sync per parameter:
+        # the price of never updating with NaN.
+        g = self._project(p, state, group, side) if low_rank else p.grad
+        if g is None or not bool(torch.isfinite(g.sum(dtype=torch.float64))):
+            state["nonfinite_skips"] += 1
+            return
+        if low_rank and group["history_size"] > 0:
+            g = self._natural(state, group, g)
         if state["step"] == 0:
             self.rule.init(state, g, group)
         state["step"] += 1
@@ -122,9 +122,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if low_rank or not (fused and fused(p, state, group, t)):
             n, c = self.rule.direction(state, g, group, t)
             if low_rank:
-                n = project_back(n, self._basis(state), side)
-                c *= group["scale"]
-            p.add_(n, alpha=-group["lr"] * c)
+                add_projected_back(p, n, self._basis(state), side, -group["lr"] * c * group["scale"])
+            else:
+                p.add_(n, alpha=-group["lr"] * c)
         if group["weight_decay"] > 0:
             p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
@@ -132,10 +132,12 @@ class _NaturalGaLore(torch.optim.Optimizer):
     def _basis(state: dict) -> tuple[torch.Tensor, ...]:
         return tuple(state[f"proj_{i}"] for i in range(state["proj_factors"]))
 
-    def _projected(self, p: torch.Tensor, state: dict, group: dict, side: str) -> torch.Tensor:
-        """g̃ for this step: project (refreshing P on gap steps), then the Fisher window if s > 0."""
+    def _project(self, p: torch.Tensor, state: dict, group: dict, side: str) -> torch.Tensor | None:
+        """g_t = the projected gradient, refreshing P on gap steps; None if ∇ is not finite there."""
         grad = p.grad
         if state["step"] % group["update_proj_gap"] == 0:
+            if not bool(torch.isfinite(grad.sum(dtype=torch.float64))):  # an SVD of NaN poisons P
+                return None
             ranks = clamp_rank(tuple(p.shape), group["rank"], side)
             if min(ranks) < group["rank"] and not self._rank_warned:
                 self._rank_warned = True
@@ -147,12 +149,13 @@ class _NaturalGaLore(torch.optim.Optimizer):
             state["proj_factors"] = len(new)
             for i, factor in enumerate(new):
                 state[f"proj_{i}"] = factor
-        g = project(grad, self._basis(state), side)
-        s = group["history_size"]
-        if s == 0:
-            return g
+        return project(grad, self._basis(state), side)
+
+    @staticmethod
+    def _natural(state: dict, group: dict, g: torch.Tensor) -> torch.Tensor:
+        """g̃ = (λI + GGᵀ)⁻¹ g_t over the window, g_t pushed first (natural.py)."""
         if "history" not in state:
-            natural.init_window(state, g.numel(), s, group["history_dtype"], g.device)
+            natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
         natural.push(state, g.reshape(-1))
         return natural.solve(state, group["damping"]).view(g.shape).to(g.dtype)
 

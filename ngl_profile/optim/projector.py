@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["PROJ_TYPES", "resolve_side", "clamp_rank", "compute_basis", "project", "project_back",
-           "rotate", "projected_shape"]
+           "rotate", "projected_shape", "add_projected_back"]
 
 PROJ_TYPES = ("std", "left", "right", "tucker")
 Basis = tuple[torch.Tensor, ...]
@@ -90,6 +90,20 @@ def project_back(low: torch.Tensor, basis: Basis, side: str) -> torch.Tensor:
     if side == "right":
         return low @ basis[0]
     return _mode_product(low, basis, transpose=False)
+
+
+def add_projected_back(p: torch.Tensor, low: torch.Tensor, basis: Basis, side: str, alpha: float) -> None:
+    """p += alpha · project_back(low), fused into one addmm for one-sided projectors.
+
+    Saves the full-size m×n temporary and a pass over it (galore-torch makes two: the product and
+    its `* scale`), which is most of the step's memory traffic after the matmuls themselves.
+    """
+    if side == "left":
+        p.addmm_(basis[0], low.to(p.dtype), alpha=alpha)
+    elif side == "right":
+        p.addmm_(low.to(p.dtype), basis[0], alpha=alpha)
+    else:
+        p.add_(project_back(low, basis, side), alpha=alpha)
 
 
 def rotate(low: torch.Tensor, old: Basis, new: Basis, side: str) -> torch.Tensor:
