@@ -83,25 +83,33 @@ def get_model(name: str) -> ModelSpec:
 
 
 def build_model(name: str, dtype: torch.dtype = torch.float32, checkpointing: bool = False,
-                num_layers: int | None = None) -> nn.Module:
+                num_layers: int | None = None, device: str | torch.device | None = None) -> nn.Module:
     """A randomly initialised model in train mode (dropout off: steps must be comparable).
 
-    `num_layers` overrides the depth: the estimator builds a short model and scales by layer.
+    Parameters are created directly in `dtype` on `device` (default: torch's current device),
+    never as float32 on the CPU first: a 7B model would need 28 GB of host memory for that.
+    `num_layers` overrides the depth.
     """
     spec = get_model(name)
     cfg = spec.make_config(dtype)
     if num_layers is not None:
         cfg.num_hidden_layers = num_layers
     if spec.family == "roberta":
-        from transformers import RobertaForSequenceClassification
+        from transformers import RobertaForSequenceClassification as cls
 
         cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
-        model = RobertaForSequenceClassification(cfg)
     else:
-        from transformers import LlamaForCausalLM
-
-        model = LlamaForCausalLM(cfg)
-    model.to(dtype)
+        from transformers import LlamaForCausalLM as cls
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        if device is None:
+            model = cls(cfg)
+        else:
+            with torch.device(device):
+                model = cls(cfg)
+    finally:
+        torch.set_default_dtype(previous)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -56,9 +56,18 @@ def _plain(cls_path: str, keys: tuple[str, ...]):
         if cls_path.endswith("Adafactor"):
             kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False,
                       "lr": hp.get("lr", 1e-3), **{k: v for k, v in kwargs.items() if k != "lr"}}
-        return [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda g: cls(g, **kwargs)
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda g: _construct(cls, g, kwargs)
 
     return make
+
+
+def _construct(cls, groups, kwargs):
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    # bitsandbytes builds its quantization maps with .tolist() in __init__: that needs real
+    # tensors even when the estimator runs everything else under FakeTensorMode
+    with unset_fake_temporarily():
+        return cls(groups, **kwargs)
 
 
 def _import(path: str):
@@ -105,12 +114,28 @@ def _lora(model, hp):
     rank = hp.get("rank", 8)
     config = LoraConfig(r=rank, lora_alpha=hp.get("lora_alpha", 2 * rank),
                         lora_dropout=hp.get("lora_dropout", 0.0), target_modules=targets)
-    inject_adapter_in_model(config, model)  # in place: the caller's model now trains the adapters
+    from torch._subclasses.fake_tensor import is_fake
+
+    fake = any(is_fake(p) for p in model.parameters())
+    # in place: the caller's model now trains the adapters. Under FakeTensorMode (the estimator)
+    # peft's .to() of new adapters cannot swap fake parameters: create them on meta, then as
+    # fake tensors of the base layer's dtype (their values do not matter to an estimate).
+    inject_adapter_in_model(config, model, low_cpu_mem_usage=fake)
+    if fake:
+        _materialize_meta(model)
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
     kwargs = {k: hp[k] for k in ("lr", "weight_decay") if k in hp}
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": params}], lambda g: torch.optim.AdamW(g, **kwargs)
+
+
+def _materialize_meta(model: nn.Module) -> None:
+    dtype = next(p.dtype for p in model.parameters() if not p.is_meta)
+    for module in model.modules():
+        for key, p in list(module._parameters.items()):
+            if p is not None and p.is_meta:
+                module._parameters[key] = nn.Parameter(torch.zeros(p.shape, dtype=dtype), p.requires_grad)
 
 
 _SPECS = [

@@ -20,15 +20,30 @@ State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 __all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "solve", "rotate_window",
-           "history_nbytes"]
+           "history_nbytes", "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 # Columns are read in slices of this many elements so that the float64 Gram update never
 # materialises an s×k float64 copy of the window (for a 7B MLP matrix that would be ~0.9 GB).
 _CHUNK = 1 << 18
 _MAX_BACKOFF = 6  # λ grows ×10 per retry: 1e-3 → 1e3 at most, then the window is bypassed
+
+
+def _host_bool(t: torch.Tensor) -> bool:
+    """Read a 0-d boolean on the host (a sync). Under FakeTensorMode — ngl-profile's estimator —
+    there is no value to read: the estimate follows the normal path (finite, factorisation ok)."""
+    if is_fake(t):
+        return True
+    return bool(t)
+
+
+def all_finite(x: torch.Tensor) -> bool:
+    # A float64 sum is finite iff every entry is (fp32/bf16 inputs cannot overflow it), and it
+    # is one pass where isfinite().all() is four.
+    return _host_bool(torch.isfinite(x.sum(dtype=torch.float64)))
 
 
 def history_nbytes(k: int, s: int, storage: str) -> int:
@@ -109,7 +124,7 @@ def solve(state: dict, damping: float) -> torch.Tensor:
     lam = damping
     for _ in range(_MAX_BACKOFF + 1):
         chol, info = torch.linalg.cholesky_ex(gram + lam * eye)
-        if int(info) == 0:
+        if _host_bool(info == 0):
             w = torch.cholesky_solve(e, chol).squeeze(1)
             break
         state["damping_backoffs"] += 1

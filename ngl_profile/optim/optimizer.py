@@ -105,11 +105,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
         side = resolve_side(p.shape, group["proj_type"]) if low_rank else None
         # A non-finite entry of ∇ reaches its projection (inf·x = ±inf, inf·0 = NaN), so for a
         # low-rank parameter checking the small projected g is enough: no extra pass over ∇.
-        # A float64 sum is finite iff every entry is (it cannot overflow from fp32/bf16 inputs) and
-        # costs one pass where isfinite().all() costs four. Either way a host sync per parameter:
-        # the price of never updating with NaN.
+        # Either way a host sync per parameter: the price of never updating with NaN.
         g = self._project(p, state, group, side) if low_rank else p.grad
-        if g is None or not bool(torch.isfinite(g.sum(dtype=torch.float64))):
+        if g is None or not natural.all_finite(g):
             state["nonfinite_skips"] += 1
             return
         if low_rank and group["history_size"] > 0:
@@ -136,7 +134,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         """g_t = the projected gradient, refreshing P on gap steps; None if ∇ is not finite there."""
         grad = p.grad
         if state["step"] % group["update_proj_gap"] == 0:
-            if not bool(torch.isfinite(grad.sum(dtype=torch.float64))):  # an SVD of NaN poisons P
+            if not natural.all_finite(grad):  # an SVD of NaN would poison P for a whole gap
                 return None
             ranks = clamp_rank(tuple(p.shape), group["rank"], side)
             if min(ranks) < group["rank"] and not self._rank_warned:

@@ -40,9 +40,12 @@ _MIN_8BIT = 4096  # like bitsandbytes: small tensors keep float32 moments (the a
 @lru_cache(maxsize=None)
 def _qmaps(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     import bitsandbytes.functional as bnbf
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    dev = torch.device(device)
-    return bnbf.create_dynamic_map(signed=True).to(dev), bnbf.create_dynamic_map(signed=False).to(dev)
+    # the maps are built with .tolist(): real tensors even under the estimator's FakeTensorMode
+    with unset_fake_temporarily():
+        dev = torch.device(device)
+        return bnbf.create_dynamic_map(signed=True).to(dev), bnbf.create_dynamic_map(signed=False).to(dev)
 
 
 class Adam8bitRule(AdamRule):
