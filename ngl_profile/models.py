@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "ModelSpec", "get_model", "build_model", "make_batch", "model_names"]
+__all__ = ["MODELS", "ModelSpec", "get_model", "build_model", "make_batch", "model_names", "approx_parameters"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,17 @@ def get_model(name: str) -> ModelSpec:
         return MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}") from None
+
+
+def approx_parameters(name: str) -> int:
+    """Parameter count from the config alone (no model built): for planning, not for reports."""
+    spec = get_model(name)
+    c = spec.config
+    if spec.family == "roberta":
+        return 125_000_000
+    h, i, L, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    kv = h * c["num_key_value_heads"] // c["num_attention_heads"]
+    return 2 * v * h + L * (2 * h * h + 2 * h * kv + 3 * h * i)
 
 
 def build_model(name: str, dtype: torch.dtype = torch.float32, checkpointing: bool = False,

@@ -53,6 +53,8 @@ class CaseResult:
     params: dict = field(default_factory=dict)
     """parameter counts: total, trainable, low_rank"""
     duration_s: float | None = None
+    skipped_updates: int = 0
+    """parameter updates the optimizer skipped for non-finite gradients"""
 
     @property
     def label(self) -> str:

@@ -116,26 +116,26 @@ def _lora(model, hp):
                         lora_dropout=hp.get("lora_dropout", 0.0), target_modules=targets)
     from torch._subclasses.fake_tensor import is_fake
 
-    fake = any(is_fake(p) for p in model.parameters())
-    # in place: the caller's model now trains the adapters. Under FakeTensorMode (the estimator)
-    # peft's .to() of new adapters cannot swap fake parameters: create them on meta, then as
-    # fake tensors of the base layer's dtype (their values do not matter to an estimate).
-    inject_adapter_in_model(config, model, low_cpu_mem_usage=fake)
-    if fake:
-        _materialize_meta(model)
+    if any(is_fake(p) for p in model.parameters()):
+        # Under FakeTensorMode (the estimator) peft's Module.to() of each new adapter would swap
+        # fake parameters, which they refuse. Everything is on the one fake device already, so
+        # skip those moves and create the adapters in the base weights' dtype, as .to() would.
+        from unittest import mock
+
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(matrices[0].dtype)
+        try:
+            with mock.patch.object(nn.Module, "to", lambda self, *a, **k: self):
+                inject_adapter_in_model(config, model)
+        finally:
+            torch.set_default_dtype(previous)
+    else:
+        inject_adapter_in_model(config, model)  # in place: the caller's model now trains the adapters
     for name, p in model.named_parameters():
         p.requires_grad_("lora_" in name)
     kwargs = {k: hp[k] for k in ("lr", "weight_decay") if k in hp}
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": params}], lambda g: torch.optim.AdamW(g, **kwargs)
-
-
-def _materialize_meta(model: nn.Module) -> None:
-    dtype = next(p.dtype for p in model.parameters() if not p.is_meta)
-    for module in model.modules():
-        for key, p in list(module._parameters.items()):
-            if p is not None and p.is_meta:
-                module._parameters[key] = nn.Parameter(torch.zeros(p.shape, dtype=dtype), p.requires_grad)
 
 
 _SPECS = [

@@ -1,0 +1,317 @@
+"""One case = one model + one optimizer, run in this process (the runner gives each its own).
+
+Step plan (the same in both modes, so estimated and measured figures are comparable):
+  2 memory-tracked steps  step 0 refreshes the projectors (SVD) and allocates optimizer state,
+                          step 1 is a steady step; the peak is the larger, its phase recorded
+  warmup untimed steps    measured mode only: settle caches and allocator
+  `steps` timed steps     measured mode only, without the tracker (a dispatch mode costs time)
+Estimated mode runs the tracked steps under FakeTensorMode: exact sizes, nothing allocated.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import sys
+import time
+
+import torch
+
+from .gpus import CUDA_CONTEXT_BYTES, get_gpu
+from .measure.memory import CATEGORIES, MemoryTracker
+from .measure.timing import PhaseTimer, flops_per_token, model_flops_utilization, tokens_per_second
+from .models import build_model, get_model, make_batch
+from .results import CaseResult
+
+__all__ = ["run_case", "emit"]
+
+TRACKED_STEPS = 2
+
+
+def emit(event: str, **fields) -> None:
+    """A progress line for the parent process (JSON on stdout)."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _hparams(spec: dict) -> dict:
+    """The optimizer's hyperparameters with the scenario's defaults filled in."""
+    from .optim.factory import OPTIMIZERS
+
+    case, scn = spec["case"], spec["scenario"]
+    hp = dict(case["hparams"])
+    allowed = OPTIMIZERS[case["name"]].hparams
+    if "lr" in allowed:
+        hp.setdefault("lr", scn["lr"])
+    if "rank" in allowed and "galore" in case["name"]:
+        hp.setdefault("rank", get_model(scn["model"]).default_rank)
+    return hp
+
+
+def _phase_ctx(tracker, timer, name):
+    stack = contextlib.ExitStack()
+    if tracker is not None:
+        stack.enter_context(tracker.phase(name))
+    if timer is not None:
+        stack.enter_context(timer.phase(name))
+    return stack
+
+
+def _one_step(model, opt, scn, device, gen, tracker=None, timer=None) -> None:
+    with _phase_ctx(tracker, timer, "forward"):
+        batch = make_batch(scn["model"], scn["batch_size"], scn["seq_len"], device=device, generator=gen)
+        loss = model(**batch).loss
+    with _phase_ctx(tracker, timer, "backward"):
+        loss.backward()
+    del loss, batch
+    with _phase_ctx(tracker, timer, "optimizer"):
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if tracker is not None:
+        tracker.tag_optimizer(opt)
+
+
+def _param_counts(model) -> dict:
+    from .optim.factory import low_rank_parameters
+
+    params = list(model.parameters())
+    mats, _ = low_rank_parameters(model)
+    return {"total": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "low_rank": sum(p.numel() for p in mats)}
+
+
+def run_case(spec: dict) -> CaseResult:
+    """spec: {"scenario": {...}, "case": {"name", "label", "hparams"}, "mode", "device", "cap_bytes"}."""
+    from .optim import build
+
+    scn, case, mode = spec["scenario"], spec["case"], spec["mode"]
+    estimated = mode == "estimated"
+    device = torch.device("cpu" if estimated else spec["device"])
+    dtype = getattr(torch, scn["dtype"])
+    gpu = get_gpu(scn["gpu"])
+    result = CaseResult(optimizer={"name": case["name"], "label": case["label"], "hparams": _hparams(spec)},
+                        status="ok", provenance=mode)
+    t_start = time.perf_counter()
+    torch.manual_seed(0)
+    cuda = device.type == "cuda"
+    nvml = context_bytes = None
+    if cuda:
+        context_bytes = _cap_to_target(result, device, spec["target_bytes"])
+        from .measure.nvml import NvmlSampler
+
+        nvml = NvmlSampler(device.index or 0)
+    fake = None
+    if estimated:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        # real inputs allowed: bitsandbytes' quantization maps are real constants (see rules.py)
+        fake = FakeTensorMode(allow_non_fake_inputs=True)
+    tracker = MemoryTracker()
+    same_attention_path = _unpacked_batches()
+    gen = None if estimated else torch.Generator(device=device).manual_seed(0)
+    model = opt = None
+    try:
+        with same_attention_path, fake if fake is not None else contextlib.nullcontext():
+            model = build_model(scn["model"], dtype, scn["checkpointing"], device=device)
+            tracker.attach(model)  # before the optimizer: its grad hooks must run before layerwise ones
+            opt = build(case["name"], model, **result.optimizer["hparams"])
+            tracker.attach(model)  # LoRA adds adapter weights
+            result.params = _param_counts(model)
+            tokens = scn["batch_size"] * scn["seq_len"]
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            t_steps = []
+            for i in range(TRACKED_STEPS):
+                emit("step", kind="tracked", i=i + 1, n=TRACKED_STEPS)
+                tracker.start_step()
+                t0 = time.perf_counter()
+                with tracker:
+                    _one_step(model, opt, scn, device, gen, tracker=tracker)
+                if cuda:
+                    torch.cuda.synchronize()
+                t_steps.append(time.perf_counter() - t0)
+                tracker.end_step()
+            _forward_flops(result, model, scn, device, gen, tokens)
+            snap = tracker.snapshot()
+        _record_memory(result, snap, gpu, cuda, context_bytes, device)
+        if estimated:
+            _project(result, gpu, tokens)
+        else:
+            result.step_time_s["first_tracked_step"] = t_steps[0]
+            _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml)
+        result.skipped_updates = int(getattr(opt, "skipped_updates", 0))
+    except torch.OutOfMemoryError as e:
+        _record_failure(result, "oom", e, tracker, gpu, cuda, context_bytes, device)
+    except Exception as e:  # recorded for this case; the runner goes on with the next one
+        _record_failure(result, "error", e, tracker, gpu, cuda, context_bytes, device)
+    finally:
+        tracker.detach()
+        del model, opt
+        gc.collect()
+    result.duration_s = time.perf_counter() - t_start
+    return result
+
+
+def _unpacked_batches():
+    """transformers probes position_ids for packed sequences, a data-dependent check it cannot do on
+    fake tensors, so an estimate would build a 4-D mask a real run skips. Our batches are never
+    packed: answer the probe the same way in both modes, so both take the same attention path."""
+    from unittest import mock
+
+    try:
+        import transformers.masking_utils as mu
+    except ImportError:
+        return contextlib.nullcontext()
+    if not hasattr(mu, "find_packed_sequence_indices"):
+        return contextlib.nullcontext()
+    return mock.patch.object(mu, "find_packed_sequence_indices", lambda position_ids: None)
+
+
+def _cap_to_target(result, device, target_bytes: int) -> int | None:
+    """Measure the CUDA context, then cap PyTorch's allocator so that context + pool ≤ the target
+    GPU's memory: "fits a 4090" is then tested on a bigger card, not guessed."""
+    from .measure.nvml import NvmlSampler
+
+    torch.cuda.init()
+    x = torch.ones(256, 256, device=device)
+    (x @ x).sum().item()  # a matmul loads cuBLAS and its workspace, part of every real context
+    del x
+    torch.cuda.synchronize()
+    used = NvmlSampler(device.index or 0).used_bytes_now()
+    context = max(0, used - torch.cuda.memory_reserved(device)) if used is not None else None
+    total = torch.cuda.get_device_properties(device).total_memory
+    result.cuda["device_total_bytes"] = total
+    result.cuda["context_bytes_at_start"] = context
+    if total > target_bytes:
+        cap = target_bytes - (context or 0)
+        torch.cuda.set_per_process_memory_fraction(max(0.0, min(1.0, cap / total)), device)
+        result.cuda["cap_bytes"] = cap
+    return context
+
+
+def _forward_flops(result, model, scn, device, gen, tokens) -> None:
+    """Model FLOPs per token = 3 × forward FLOPs (backward ≈ 2 × forward; the usual MFU convention,
+    which does not count activation recomputation). Counted under no_grad: no graph, no gradients."""
+    def fwd():
+        with torch.no_grad():
+            batch = make_batch(scn["model"], scn["batch_size"], scn["seq_len"], device=device, generator=gen)
+            model(**batch)
+
+    result.flops_per_token = 3 * flops_per_token(fwd, tokens)
+
+
+def _record_memory(result, snap, gpu, cuda, context_bytes, device) -> None:
+    mem = dict(snap.by_category)
+    peak = snap.peak_bytes
+    if cuda:
+        reserved = torch.cuda.max_memory_reserved(device)
+        result.cuda.update(max_allocated_bytes=torch.cuda.max_memory_allocated(device),
+                           max_reserved_bytes=reserved, tracked_peak_bytes=peak)
+        # reserved − what our tensors held at the peak: the caching allocator's rounding and cache
+        mem["allocator_slack"] = max(0, reserved - peak)
+        mem["context"] = context_bytes or 0
+        peak = peak + mem["allocator_slack"] + mem["context"]
+    result.memory_bytes = {c: int(mem.get(c, 0)) for c in CATEGORIES}
+    result.peak_bytes = int(peak)
+    result.peak_phase = snap.peak_phase
+    result.step_peaks_bytes = list(snap.step_peaks)
+    result.timeline = [list(x) for x in snap.timeline]
+    _fits(result, gpu, cuda)
+
+
+def _fits(result, gpu, cuda) -> None:
+    # a run that did not see a CUDA context (estimated, or measured on CPU) must still leave room
+    # for one on the target GPU: the catalog's typical figure, recorded as an assumption
+    extra = 0 if cuda else CUDA_CONTEXT_BYTES
+    if not cuda:
+        result.cuda["assumed_context_bytes"] = extra
+    result.headroom_bytes = int(gpu.memory_bytes - result.peak_bytes - extra)
+    result.fits = result.headroom_bytes >= 0
+
+
+def _record_failure(result, status, exc, tracker, gpu, cuda, context_bytes, device) -> None:
+    result.status = status
+    result.message = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    live = tracker.current()
+    result.memory_bytes = {c: int(live.get(c, 0)) for c in CATEGORIES}
+    if cuda:
+        result.memory_bytes["context"] = int(context_bytes or 0)
+    result.peak_bytes = int(sum(result.memory_bytes.values()))
+    result.peak_phase = "at failure"
+    if status == "oom":
+        result.fits = False
+        result.headroom_bytes = None
+
+
+def _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None:
+    for i in range(scn["warmup"]):
+        emit("step", kind="warmup", i=i + 1, n=scn["warmup"])
+        _one_step(model, opt, scn, device, gen)
+    timer = PhaseTimer(device)
+    per_step = []
+    if nvml is not None:
+        nvml.start()
+    for i in range(scn["steps"]):
+        emit("step", kind="timed", i=i + 1, n=scn["steps"])
+        _one_step(model, opt, scn, device, gen, timer=timer)
+        per_step.append(timer.finish_step())
+    if nvml is not None:
+        result.nvml = nvml.stop()
+    else:
+        result.nvml = {"available": False, "reason": "no CUDA device"}
+    import statistics
+
+    for key in ("forward", "backward", "optimizer", "total"):
+        vals = [s[key] for s in per_step if key in s]
+        if vals:
+            result.step_time_s[key] = statistics.median(vals)
+    result.step_time_s["steps"] = len(per_step)
+    result.tokens_per_s = tokens_per_second(tokens, [s["total"] for s in per_step])
+    if device.type == "cuda":
+        from .gpus import match_device_name
+
+        here = match_device_name(torch.cuda.get_device_name(device))
+        peak = here.bf16_tflops if here else None
+        result.step_time_s["mfu_peak_tflops"] = peak
+        result.mfu = model_flops_utilization(result.flops_per_token, result.tokens_per_s, peak)
+        energy = result.nvml.get("energy_j")
+        if energy and result.tokens_per_s:
+            result.nvml["tokens_per_joule"] = tokens * len(per_step) / energy
+    try:
+        import psutil
+
+        result.host_rss_peak_bytes = psutil.Process().memory_info().rss
+    except Exception:
+        pass
+
+
+def _project(result, gpu, tokens) -> None:
+    """Roofline upper bound for the target GPU: model FLOPs at 100 % of its dense bf16 peak, plus
+    one read and write of weights, gradients and optimizer state per step at full bandwidth."""
+    if not result.flops_per_token:
+        return
+    m = result.memory_bytes
+    step_bytes = 2 * sum(m[c] for c in ("weights", "grads", "moments", "quant_stats", "projectors", "history"))
+    t = tokens * result.flops_per_token / (gpu.bf16_tflops * 1e12) + step_bytes / (gpu.bandwidth_gbs * 1e9)
+    result.projected = {"tokens_per_s_upper_bound": tokens / t, "gpu": gpu.name,
+                        "assumptions": f"roofline: model FLOPs at 100% of {gpu.bf16_tflops} TFLOP/s dense bf16, "
+                                       f"plus 2 × state bytes per step at {gpu.bandwidth_gbs} GB/s; "
+                                       "an upper bound, not a measurement"}
+
+
+def main() -> int:
+    """python -m ngl_profile.case SPEC.json RESULT.json"""
+    import warnings
+    from dataclasses import asdict
+
+    from .results import write_json_atomic
+
+    warnings.filterwarnings("ignore")
+    spec = json.loads(open(sys.argv[1]).read())
+    result = run_case(spec)
+    write_json_atomic(sys.argv[2], asdict(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The CLI's commands: each takes parsed arguments, prints, and returns an exit code."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["run", "list_things", "fit", "report", "compare", "check"]
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create output directory {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise OSError(f"output directory {out} is not writable")
+
+
+def run(args) -> int:
+    from .runner import default_out_dir, plan, run_scenario
+    from .scenario import load_scenario
+
+    scn = load_scenario(args.scenario)
+    scn = scn.with_overrides(gpu=args.gpu, mode=args.mode)
+    if args.optimizers:
+        scn = scn.select(args.optimizers)
+    if not scn.optimizers:
+        raise ValueError(f"{scn.source}: no [[optimizers]] to run")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be ≥ 1; got {args.jobs}")
+    mode, device = plan(scn, scn.mode)
+    out = args.out or default_out_dir(scn)
+    _check_writable(out)
+    console = _console()
+    console.print(f"[bold]{scn.name}[/]: {len(scn.optimizers)} optimizer(s), {mode} on {device}, target "
+                  f"{scn.gpu} → {out}")
+    result = _run_with_progress(console, scn, mode, device, out, args.jobs)
+    from .report.tables import rich_summary
+
+    console.print(rich_summary(result))
+    for c in result.cases:
+        if c.status != "ok":
+            console.print(f"[yellow]{c.label}: {c.status}: {c.message}[/]")
+    console.print(f"results: {out / 'results.json'}")
+    if not args.no_report:
+        from .report.render import render_report
+
+        files = render_report([result], out)
+        console.print(f"report: {out / 'report.md'} ({len(files)} files)")
+    return 0
+
+
+def _run_with_progress(console, scn, mode, device, out, jobs):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .runner import run_scenario
+
+    steps = 2 + (scn.warmup + scn.steps if mode == "measured" else 0)
+    with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console,
+                  transient=False) as progress:
+        tasks = {}
+
+        def on_event(label: str, ev: dict) -> None:
+            if label not in tasks:
+                tasks[label] = progress.add_task(label, total=steps, status="queued")
+            t = tasks[label]
+            if ev["event"] == "step":
+                done = ev["i"] + {"tracked": 0, "warmup": 2, "timed": 2 + scn.warmup}[ev["kind"]]
+                progress.update(t, completed=done - 1, status=f"{ev['kind']} step {ev['i']}/{ev['n']}")
+            elif ev["event"] == "done":
+                progress.update(t, completed=steps, status=ev["status"])
+
+        return run_scenario(scn, mode, device, out, on_event=on_event, jobs=jobs)
+
+
+def list_things(what: str) -> int:
+    from rich.table import Table
+
+    t = Table()
+    if what == "models":
+        from .models import MODELS, approx_parameters
+
+        for col in ("name", "family", "parameters", "default rank", "description"):
+            t.add_column(col)
+        for m in MODELS.values():
+            t.add_row(m.name, m.family, f"{approx_parameters(m.name) / 1e6:,.0f}M", str(m.default_rank),
+                      m.description)
+    elif what == "gpus":
+        from .gpus import GPUS, gpu_names
+
+        for col in ("name", "memory GiB", "bf16 TFLOP/s", "GB/s", "aliases", "source"):
+            t.add_column(col)
+        for name in gpu_names():
+            g = GPUS[name]
+            t.add_row(g.name, f"{g.memory_gib:.1f}", f"{g.bf16_tflops:g}", f"{g.bandwidth_gbs:g}",
+                      ", ".join(g.aliases), g.source)
+    elif what == "optimizers":
+        from .optim.factory import OPTIMIZERS
+
+        for col in ("name", "description", "hyperparameters"):
+            t.add_column(col)
+        for spec in OPTIMIZERS.values():
+            t.add_row(spec.name, spec.description, ", ".join(spec.hparams))
+    else:
+        from .scenario import load_scenario, preset_names, scenario_dir
+
+        for col in ("preset", "model", "gpu", "optimizers"):
+            t.add_column(col)
+        for name in preset_names():
+            s = load_scenario(str(scenario_dir() / f"{name}.toml"))
+            t.add_row(name, s.model, s.gpu, ", ".join(c.label for c in s.optimizers))
+    _console().print(t)
+    return 0
+
+
+def fit(args) -> int:
+    from .fit import search
+
+    return search(args, _console())
+
+
+def report(args) -> int:
+    from .report.render import render_report
+    from .results import load_results
+
+    runs = [load_results(p) for p in args.results]
+    first = args.results[0]
+    out = args.out or (first if first.is_dir() else first.parent)
+    _check_writable(out)
+    files = render_report(runs, out)
+    console = _console()
+    for f in files:
+        console.print(str(f))
+    return 0
+
+
+def compare(args) -> int:
+    from .regress import compare_runs
+    from .results import load_results
+
+    runs = [load_results(p) for p in args.results]
+    return compare_runs(runs, markdown=args.md, console=_console())
+
+
+def check(args) -> int:
+    from .regress import run_check
+
+    return run_check(args, _console())

@@ -1,0 +1,83 @@
+"""Tables from finished records (never from a runner or an optimizer): rich for the terminal,
+Markdown for files. One row per optimizer case."""
+from __future__ import annotations
+
+from ..measure.memory import CATEGORIES
+from ..results import RunResult
+
+__all__ = ["SHORT", "gib", "summary_rows", "rich_summary", "markdown_summary", "markdown_table", "provenance_line"]
+
+GiB = 1 << 30
+SHORT = {"weights": "weights", "grads": "grads", "moments": "moments", "quant_stats": "quant",
+         "projectors": "proj", "history": "history", "activations": "activ", "temporaries": "temp",
+         "allocator_slack": "slack", "context": "context"}
+
+
+def gib(n) -> str:
+    return "—" if n is None else f"{n / GiB:.2f}"
+
+
+def provenance_line(run: RunResult) -> str:
+    gpu = run.gpu["name"]
+    if run.mode == "measured":
+        where = run.environment.get("device_name") or run.device
+        return f"measured on {where}; fits judged against {gpu} ({gib(run.gpu['memory_bytes'])} GiB)"
+    return (f"estimated (exact tensor sizes under FakeTensorMode, nothing allocated) for {gpu} "
+            f"({gib(run.gpu['memory_bytes'])} GiB); a 512 MiB CUDA context is assumed when judging fit")
+
+
+def _status(c) -> str:
+    if c.status == "oom":
+        return "OOM"
+    if c.status == "error":
+        return "error"
+    return "fits" if c.fits else "too big"
+
+
+def _speed(c) -> str:
+    if c.tokens_per_s is not None:
+        mfu = f" ({c.mfu:.0%} MFU)" if c.mfu is not None else ""
+        return f"{c.tokens_per_s:,.0f}{mfu}"
+    if c.projected:
+        return f"≤{c.projected['tokens_per_s_upper_bound']:,.0f} proj."
+    return "n/a"
+
+
+def summary_rows(run: RunResult) -> tuple[list[str], list[list[str]]]:
+    cats = [c for c in CATEGORIES if run.mode == "measured" and run.device == "cuda" or
+            c not in ("allocator_slack", "context")]
+    head = ["optimizer"] + [SHORT[c] for c in cats] + ["peak", "fit", "headroom", "tokens/s", "provenance"]
+    rows = []
+    for c in run.cases:
+        rows.append([c.label] + [gib(c.memory_bytes.get(k, 0)) for k in cats]
+                    + [gib(c.peak_bytes), _status(c), gib(c.headroom_bytes), _speed(c), c.provenance])
+    return head, rows
+
+
+def rich_summary(run: RunResult):
+    from rich.table import Table
+
+    head, rows = summary_rows(run)
+    t = Table(title=f"{run.scenario['name']}: {run.scenario['model']}, batch {run.scenario['batch_size']} × "
+                    f"seq {run.scenario['seq_len']}, {run.scenario['dtype']} — GiB at the step's peak",
+              caption=provenance_line(run), caption_justify="left")
+    for i, h in enumerate(head):
+        t.add_column(h, justify="left" if i == 0 or h == "provenance" else "right", no_wrap=i == 0)
+    style = {"fits": "green", "too big": "red", "OOM": "bold red", "error": "yellow"}
+    for c, row in zip(run.cases, rows):
+        fit_col = head.index("fit")
+        row = list(row)
+        row[fit_col] = f"[{style[row[fit_col]]}]{row[fit_col]}[/]"
+        t.add_row(*row)
+    return t
+
+
+def markdown_table(head: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def markdown_summary(run: RunResult) -> str:
+    head, rows = summary_rows(run)
+    return markdown_table(head, rows)

@@ -1,0 +1,174 @@
+"""Runs a scenario: every optimizer case in its own subprocess, results written after each one.
+
+A child process per case gives each a clean allocator, and an OOM, a crash or a kill ends only
+that case (recorded with its message and the breakdown at failure); the others go on. Estimated
+cases run two at a time (they are CPU-bound and allocate nothing real); measured ones one at a
+time, so that timings do not disturb each other.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from .gpus import get_gpu
+from .results import CaseResult, RunResult, write_json_atomic
+from .scenario import Scenario
+
+__all__ = ["plan", "run_scenario", "environment", "RunRefused", "default_out_dir"]
+
+
+class RunRefused(ValueError):
+    """The requested mode cannot be honoured here; the message says why, in one line."""
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def plan(scn: Scenario, requested: str) -> tuple[str, str]:
+    """(mode, device) for this machine: measured on CUDA when there is one, else estimated.
+
+    Measured on a CPU is only for models that fit this machine's RAM with room to spare.
+    """
+    from .models import approx_parameters
+
+    cuda = _cuda_available()
+    if requested == "auto":
+        return ("measured", "cuda") if cuda else ("estimated", "cpu")
+    if requested == "estimated":
+        return "estimated", "cpu"
+    if cuda:
+        return "measured", "cuda"
+    import psutil
+
+    need = approx_parameters(scn.model) * 20  # weights + grads + Adam state + activations, roughly
+    have = psutil.virtual_memory().available
+    if need > have / 2:
+        raise RunRefused(f"measured mode needs a CUDA GPU for {scn.model}: about {need / 2**30:.0f} GiB "
+                         f"on this CPU, {have / 2**30:.0f} GiB available (use --mode estimated)")
+    return "measured", "cpu"
+
+
+def environment(device: str) -> dict:
+    import torch
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "machine": platform.machine(),
+           "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    for pkg in ("transformers", "bitsandbytes", "peft", "galore_torch", "ngl_profile"):
+        try:
+            from importlib.metadata import version
+
+            env[pkg] = version(pkg.replace("_", "-"))
+        except Exception:
+            env[pkg] = None
+    env["commit"] = _git_commit()
+    if device == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["device_name"] = torch.cuda.get_device_name(0)
+        env["device_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception as e:
+            env["driver"] = f"unavailable ({e.__class__.__name__})"
+    else:
+        env["device_name"] = f"CPU ({platform.processor() or platform.machine()})"
+        env["driver"] = None
+    return env
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def default_out_dir(scn: Scenario) -> Path:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path("reports") / f"{scn.name}-{scn.gpu}-{stamp}"
+
+
+def _run_child(spec: dict, workdir: Path, index: int, on_event) -> CaseResult:
+    spec_path = workdir / f"case{index}.json"
+    out_path = workdir / f"case{index}.result.json"
+    err_path = workdir / f"case{index}.stderr"
+    spec_path.write_text(json.dumps(spec))
+    label = spec["case"]["label"]
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "ngl_profile.case", str(spec_path), str(out_path)],
+                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        for line in proc.stdout:
+            try:
+                on_event(label, json.loads(line))
+            except json.JSONDecodeError:
+                pass
+        rc = proc.wait()
+    if out_path.is_file():
+        data = json.loads(out_path.read_text())
+        return CaseResult(**data)
+    tail = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
+    opt = {"name": spec["case"]["name"], "label": label, "hparams": spec["case"]["hparams"]}
+    if rc in (-9, 137):
+        return CaseResult(optimizer=opt, status="oom", provenance=spec["mode"], fits=False,
+                          message="killed by SIGKILL: the host ran out of memory (OS OOM killer)")
+    return CaseResult(optimizer=opt, status="error", provenance=spec["mode"],
+                      message=f"case process exited with code {rc}: {tail[-1] if tail else 'no output'}")
+
+
+def run_scenario(scn: Scenario, mode: str, device: str, out_dir: Path,
+                 on_event: Callable[[str, dict], None] = lambda label, ev: None,
+                 jobs: int | None = None) -> RunResult:
+    """Run every case; results.json in out_dir is rewritten (atomically) as each case finishes,
+    so an interrupted run keeps what it finished."""
+    gpu = get_gpu(scn.gpu)
+    scn_dict = {k: v for k, v in asdict(scn).items() if k not in ("optimizers", "thresholds")}
+    run = RunResult(scenario=scn_dict, gpu={"name": gpu.name, "memory_bytes": gpu.memory_bytes,
+                                            "bf16_tflops": gpu.bf16_tflops, "bandwidth_gbs": gpu.bandwidth_gbs,
+                                            "source": gpu.source},
+                    mode=mode, device=device, environment=environment(device),
+                    created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.json"
+    slots: list[CaseResult | None] = [None] * len(scn.optimizers)
+
+    def save() -> None:
+        run.cases = [c for c in slots if c is not None]
+        write_json_atomic(results_path, run.to_dict())
+
+    save()
+    specs = [{"scenario": scn_dict, "case": {"name": c.name, "label": c.label, "hparams": c.hparams},
+              "mode": mode, "device": device, "target_bytes": gpu.memory_bytes} for c in scn.optimizers]
+    jobs = jobs or (min(2, os.cpu_count() or 1) if mode == "estimated" else 1)
+    with tempfile.TemporaryDirectory(prefix="ngl-profile-") as tmp:
+        pool = ThreadPoolExecutor(max_workers=jobs)
+        futures = {}
+        try:
+            for i, spec in enumerate(specs):
+                on_event(spec["case"]["label"], {"event": "queued"})
+                futures[pool.submit(_run_child, spec, Path(tmp), i, on_event)] = i
+            for fut in as_completed(futures):
+                i = futures[fut]
+                slots[i] = fut.result()
+                on_event(specs[i]["case"]["label"], {"event": "done", "status": slots[i].status})
+                save()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+    return run
+
