@@ -118,6 +118,7 @@ def run_case(spec: dict) -> CaseResult:
             tracker.attach(model)  # LoRA adds adapter weights
             result.params = _param_counts(model)
             tokens = scn["batch_size"] * scn["seq_len"]
+            _injected_fault(case["label"])
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             t_steps = []
@@ -143,13 +144,29 @@ def run_case(spec: dict) -> CaseResult:
     except torch.OutOfMemoryError as e:
         _record_failure(result, "oom", e, tracker, gpu, cuda, context_bytes, device)
     except Exception as e:  # recorded for this case; the runner goes on with the next one
-        _record_failure(result, "error", e, tracker, gpu, cuda, context_bytes, device)
+        oom = "can't allocate memory" in str(e) or "out of memory" in str(e).lower()
+        _record_failure(result, "oom" if oom else "error", e, tracker, gpu, cuda, context_bytes, device)
     finally:
         tracker.detach()
         del model, opt
         gc.collect()
     result.duration_s = time.perf_counter() - t_start
     return result
+
+
+def _injected_fault(label: str) -> None:
+    """Test hook: NGL_PROFILE_FAULT="<label>=raise|oom|exit" makes that case fail on purpose, so the
+    runner's isolation (the failure is recorded, the next case runs) can be tested without a GPU."""
+    import os
+
+    target, _, kind = os.environ.get("NGL_PROFILE_FAULT", "").partition("=")
+    if target != label:
+        return
+    if kind == "oom":
+        raise torch.OutOfMemoryError("injected: CUDA out of memory. Tried to allocate 2.00 GiB")
+    if kind == "exit":
+        os._exit(3)  # a crash that leaves no result file behind
+    raise RuntimeError(f"injected failure ({kind})")
 
 
 def _unpacked_batches():

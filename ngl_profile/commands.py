@@ -8,9 +8,12 @@ __all__ = ["run", "list_things", "fit", "report", "compare", "check"]
 
 
 def _console():
+    import sys
+
     from rich.console import Console
 
-    return Console()
+    # a pipe or a CI log is not 80 columns wide: do not squeeze the table into "…"
+    return Console() if sys.stdout.isatty() else Console(width=220)
 
 
 def _check_writable(out: Path) -> None:

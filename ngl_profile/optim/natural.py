@@ -26,9 +26,10 @@ __all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "solve", "ro
            "history_nbytes", "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
-# Columns are read in slices of this many elements so that the float64 Gram update never
-# materialises an s×k float64 copy of the window (for a 7B MLP matrix that would be ~0.9 GB).
-_CHUNK = 1 << 18
+# The window is read in slices of at most this many elements (all columns together), so the float64
+# Gram update never materialises an s×k float64 copy of it (a 7B MLP matrix at s = 10: ~0.9 GB);
+# the transient is ≤ 64 MiB. Larger slices mean fewer kernel launches (and a faster estimator).
+_CHUNK_ELEMENTS = 1 << 23
 _MAX_BACKOFF = 6  # λ grows ×10 per retry: 1e-3 → 1e3 at most, then the window is bypassed
 
 
@@ -89,12 +90,22 @@ def _store(state: dict, slot: int, g: torch.Tensor) -> None:
         buf[slot].copy_(g)
 
 
+def _slices(k: int, n: int):
+    step = max(1, _CHUNK_ELEMENTS // max(n, 1))
+    return ((lo, min(k, lo + step)) for lo in range(0, k, step))
+
+
 def _gram_update(state: dict, slot: int, n: int) -> None:
-    """Recompute row/column `slot` of GᵀG over the n filled slots, in float64."""
+    """Recompute row/column `slot` of GᵀG over the n filled slots, in float64.
+
+    float64 because S = λI + GᵀG is as ill-conditioned as consecutive gradients are alike: a
+    float32 Gram row (relative error ~1e-6) moved g̃ by 0.3 % at condition number 8e3 and made
+    S indefinite for repeated gradients; float32 products are exact in float64.
+    """
     k = state["history"].shape[1]
     row = torch.zeros(n, dtype=torch.float64, device=state["gram"].device)
-    for lo in range(0, k, _CHUNK):
-        c = _columns(state, slice(0, n), lo, min(k, lo + _CHUNK), torch.float64)  # n × chunk
+    for lo, hi in _slices(k, n):
+        c = _columns(state, slice(0, n), lo, hi, torch.float64)  # n × slice
         row += c @ c[slot]
     state["gram"][slot, :n] = row
     state["gram"][:n, slot] = row
@@ -133,12 +144,14 @@ def solve(state: dict, damping: float) -> torch.Tensor:
         # the Gram matrix is beyond repair (it cannot be, with finite gradients, but never NaN):
         # fall back to the λ → ∞ limit of the formula, g̃ = g_t / λ
         w = e.squeeze(1) / lam
-    k = state["history"].shape[1]
-    out = torch.empty(k, dtype=torch.float32, device=gram.device)
     w32 = w.float()
-    for lo in range(0, k, _CHUNK):
-        hi = min(k, lo + _CHUNK)
-        torch.mv(_columns(state, slice(0, n), lo, hi, torch.float32).t(), w32, out=out[lo:hi])
+    buf = state["history"]
+    if buf.dtype == torch.float32:  # stored as computed: one mat-vec, no copy of the window
+        return torch.mv(buf[:n].t(), w32)
+    k = buf.shape[1]
+    out = torch.empty(k, dtype=torch.float32, device=gram.device)
+    for lo, hi in _slices(k, n):
+        out[lo:hi].copy_(torch.mv(_columns(state, slice(0, n), lo, hi, torch.float32).t(), w32))
     return out
 
 

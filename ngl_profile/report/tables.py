@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..measure.memory import CATEGORIES
 from ..results import RunResult
 
-__all__ = ["SHORT", "gib", "summary_rows", "rich_summary", "markdown_summary", "markdown_table", "provenance_line"]
+__all__ = ["SHORT", "gib", "summary_rows", "rich_summary", "markdown_summary", "markdown_table", "provenance_line", "unit_for"]
 
 GiB = 1 << 30
 SHORT = {"weights": "weights", "grads": "grads", "moments": "moments", "quant_stats": "quant",
@@ -15,6 +15,16 @@ SHORT = {"weights": "weights", "grads": "grads", "moments": "moments", "quant_st
 
 def gib(n) -> str:
     return "—" if n is None else f"{n / GiB:.2f}"
+
+
+def unit_for(run: RunResult) -> tuple[str, int]:
+    """GiB for real models; MiB when every peak is under 1 GiB (a tiny CI model reads 0.00 GiB)."""
+    biggest = max((c.peak_bytes for c in run.cases), default=0)
+    return ("GiB", GiB) if biggest >= GiB else ("MiB", 1 << 20)
+
+
+def _fmt(n, scale: int) -> str:
+    return "—" if n is None else f"{n / scale:.2f}"
 
 
 def provenance_line(run: RunResult) -> str:
@@ -44,13 +54,16 @@ def _speed(c) -> str:
 
 
 def summary_rows(run: RunResult) -> tuple[list[str], list[list[str]]]:
+    """Header and rows; sizes in the unit `unit_for(run)` names."""
+    _, scale = unit_for(run)
     cats = [c for c in CATEGORIES if run.mode == "measured" and run.device == "cuda" or
             c not in ("allocator_slack", "context")]
     head = ["optimizer"] + [SHORT[c] for c in cats] + ["peak", "fit", "headroom", "tokens/s", "provenance"]
     rows = []
     for c in run.cases:
-        rows.append([c.label] + [gib(c.memory_bytes.get(k, 0)) for k in cats]
-                    + [gib(c.peak_bytes), _status(c), gib(c.headroom_bytes), _speed(c), c.provenance])
+        rows.append([c.label] + [_fmt(c.memory_bytes.get(k, 0), scale) for k in cats]
+                    + [_fmt(c.peak_bytes, scale), _status(c), _fmt(c.headroom_bytes, scale), _speed(c),
+                       c.provenance])
     return head, rows
 
 
@@ -59,7 +72,7 @@ def rich_summary(run: RunResult):
 
     head, rows = summary_rows(run)
     t = Table(title=f"{run.scenario['name']}: {run.scenario['model']}, batch {run.scenario['batch_size']} × "
-                    f"seq {run.scenario['seq_len']}, {run.scenario['dtype']} — GiB at the step's peak",
+                    f"seq {run.scenario['seq_len']}, {run.scenario['dtype']} — {unit_for(run)[0]} at the step's peak",
               caption=provenance_line(run), caption_justify="left")
     for i, h in enumerate(head):
         t.add_column(h, justify="left" if i == 0 or h == "provenance" else "right", no_wrap=i == 0)
