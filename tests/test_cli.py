@@ -1,0 +1,61 @@
+"""The CLI end to end, through a subprocess, as a user runs it."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ngl_profile.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_is_fast():
+    t0 = time.perf_counter()
+    r = cli("--help")
+    assert r.returncode == 0 and "run" in r.stdout
+    assert time.perf_counter() - t0 < 10
+
+
+def test_run_tiny_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    r = cli("run", "tiny", "--mode", "measured", "--optimizers", "adamw,natural-galore", "--out", str(out),
+            "--no-report")
+    assert r.returncode == 0, r.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert data["schema_version"] == 1 and data["mode"] == "measured" and data["device"] == "cpu"
+    assert [c["optimizer"]["label"] for c in data["cases"]] == ["adamw", "natural-galore"]
+    for c in data["cases"]:
+        assert c["status"] == "ok" and c["provenance"] == "measured" and c["tokens_per_s"] > 0
+        assert sum(c["memory_bytes"].values()) == c["peak_bytes"]
+        assert set(c["memory_bytes"]) == {"weights", "grads", "moments", "quant_stats", "projectors", "history",
+                                          "activations", "temporaries", "allocator_slack", "context"}
+    assert "natural-galore" in r.stdout and "fits" in r.stdout
+    for key in ("scenario", "gpu", "environment"):
+        assert data[key]
+    assert data["gpu"]["name"] == "rtx-4090" and data["environment"]["torch"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "nosuch"], "unknown scenario 'nosuch'"),
+    (["run", "tiny", "--gpu", "gtx-480"], "unknown GPU 'gtx-480'"),
+    (["run", "tiny", "--optimizers", "sgd"], "unknown optimizer 'sgd'"),
+    (["run", "7b", "--mode", "measured"], "measured mode needs a CUDA GPU for llama-7b"),
+    (["run", "tiny", "--out", "/proc/nope"], "cannot create output directory"),
+    (["report", "/nonexistent/results.json"], "no such results file"),
+    (["fit", "tiny", "--gpu", "4090", "--optimizer", "adamw", "--vary", "colour"], "unknown knob 'colour'"),
+])
+def test_bad_input_is_one_line_exit_2(args, message):
+    r = cli(*args)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("what,expect", [("models", "llama-7b"), ("gpus", "rtx-4090"),
+                                         ("optimizers", "natural-galore-8bit-layerwise"), ("scenarios", "llama-7b")])
+def test_list(what, expect):
+    r = cli("list", what)
+    assert r.returncode == 0 and expect in r.stdout
