@@ -138,7 +138,7 @@ def run_scenario(scn: Scenario, mode: str, device: str, out_dir: Path,
     """Run every case; results.json in out_dir is rewritten (atomically) as each case finishes,
     so an interrupted run keeps what it finished."""
     gpu = get_gpu(scn.gpu)
-    scn_dict = {k: v for k, v in asdict(scn).items() if k not in ("optimizers", "thresholds")}
+    scn_dict = {k: v for k, v in asdict(scn).items() if k != "optimizers"}
     run = RunResult(scenario=scn_dict, gpu={"name": gpu.name, "memory_bytes": gpu.memory_bytes,
                                             "bf16_tflops": gpu.bf16_tflops, "bandwidth_gbs": gpu.bandwidth_gbs,
                                             "source": gpu.source},

@@ -109,6 +109,9 @@ class Scenario:
         _require(isinstance(self.checkpointing, bool), "checkpointing", self.checkpointing, "true or false")
         _require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a number > 0")
         self.gpu = get_gpu(self.gpu).name
+        from .regress import Thresholds
+
+        Thresholds.from_table(self.thresholds, "[thresholds]")  # bad keys or values fail at load time
         labels = [c.label for c in self.optimizers]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
