@@ -156,11 +156,15 @@ def estimated_vs_measured(estimated: RunResult, measured: RunResult, path: Path)
     plt = _plt()
     unit, scale = unit_for(measured)
     cats = [c for c in CATEGORIES[:8] if any(e.memory_bytes[c] or m.memory_bytes[c] for e, m in pairs)]
-    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs) + 1, 4.2), squeeze=False, sharey=True)
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols + 0.5, 3.2 * rows + 0.7), squeeze=False, sharey=True)
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.axis("off")
     for ax, (e, m) in zip(axes.flat, pairs):
         ys = range(len(cats))
-        ax.barh([y - 0.2 for y in ys], [e.memory_bytes[c] / scale for c in cats], height=0.4, color="#999999",
-                label="estimated")
+        ax.barh([y - 0.2 for y in ys], [e.memory_bytes[c] / scale for c in cats], height=0.4, color="white",
+                edgecolor="#333333", hatch="..", label="estimated")
         ax.barh([y + 0.2 for y in ys], [m.memory_bytes[c] / scale for c in cats], height=0.4,
                 color=[COLORS[c] for c in cats], label="measured")
         ax.set_yticks(list(ys), cats, fontsize=8)
@@ -168,7 +172,7 @@ def estimated_vs_measured(estimated: RunResult, measured: RunResult, path: Path)
         ax.set_xlabel(unit, fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
     axes.flat[0].legend(fontsize=7.5, frameon=False)
-    fig.suptitle(f"Estimated (grey) vs measured on {measured.environment.get('device_name') or measured.device} "
+    fig.suptitle(f"Estimated (dotted) vs measured (coloured) on {measured.environment.get('device_name') or measured.device} "
                  f"— {_title(measured)}", fontsize=9.5)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
