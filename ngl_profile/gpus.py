@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .registry import unique
+
 __all__ = ["GPU", "GPUS", "get_gpu", "gpu_names", "CUDA_CONTEXT_BYTES"]
 
 GiB = 1 << 30
@@ -53,17 +55,7 @@ _CATALOG = [
 ]
 
 
-def _registry() -> dict[str, GPU]:
-    out: dict[str, GPU] = {}
-    for gpu in _CATALOG:
-        for key in (gpu.name, *gpu.aliases):
-            if key in out:
-                raise ValueError(f"GPU name {key!r} registered twice")
-            out[key] = gpu
-    return out
-
-
-GPUS = _registry()
+GPUS = unique(((key, g) for g in _CATALOG for key in (g.name, *g.aliases)), "GPU name")
 
 
 def gpu_names() -> list[str]:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .registry import unique
+
 __all__ = ["MODELS", "ModelSpec", "get_model", "build_model", "make_batch", "model_names", "approx_parameters"]
 
 
@@ -59,16 +61,7 @@ _SPECS = [
 ]
 
 
-def _registry() -> dict[str, ModelSpec]:
-    out: dict[str, ModelSpec] = {}
-    for spec in _SPECS:
-        if spec.name in out:
-            raise ValueError(f"model {spec.name!r} registered twice")
-        out[spec.name] = spec
-    return out
-
-
-MODELS = _registry()
+MODELS = unique(((s.name, s) for s in _SPECS), "model")
 
 
 def model_names() -> list[str]:

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..registry import unique
 from .layerwise import LayerwiseOptimizer
 from .optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
                         NaturalGaLoreAdamW8bit)
@@ -164,22 +165,16 @@ _SPECS = [
 ]
 
 
-def _registry() -> dict[str, OptimizerSpec]:
-    out: dict[str, OptimizerSpec] = {}
-    for spec in _SPECS:
-        variants = [spec]
+def _with_layerwise(specs):
+    for spec in specs:
+        yield spec.name, spec
         if spec.layerwise:
-            variants.append(OptimizerSpec(spec.name + LAYERWISE_SUFFIX,
-                                          spec.description + ", stepped per layer during backward",
-                                          spec.hparams + ("accumulation_steps",), spec.make, False))
-        for v in variants:
-            if v.name in out:
-                raise ValueError(f"optimizer {v.name!r} registered twice")
-            out[v.name] = v
-    return out
+            yield spec.name + LAYERWISE_SUFFIX, OptimizerSpec(
+                spec.name + LAYERWISE_SUFFIX, spec.description + ", stepped per layer during backward",
+                spec.hparams + ("accumulation_steps",), spec.make, False)
 
 
-OPTIMIZERS = _registry()
+OPTIMIZERS = unique(_with_layerwise(_SPECS), "optimizer")
 
 
 def optimizer_names() -> list[str]:

@@ -32,6 +32,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, dpi: int = 110, **layout) -> Path:
+    fig.tight_layout(**layout)
+    fig.savefig(path, dpi=dpi)
+    _plt().close(fig)
+    return path
+
+
 def _title(run: RunResult) -> str:
     s = run.scenario
     return f"{s['model']} · batch {s['batch_size']} × seq {s['seq_len']} · {s['dtype']}"
@@ -75,10 +82,7 @@ def memory_breakdown(run: RunResult, path: Path) -> Path:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False,
               title="category", title_fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 110)
 
 
 def throughput(run: RunResult, path: Path) -> Path | None:
@@ -104,10 +108,7 @@ def throughput(run: RunResult, path: Path) -> Path | None:
     ax.set_title(f"Throughput — {_title(run)}\nmeasured on {run.environment.get('device_name') or run.device}",
                  fontsize=9.5)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 110)
 
 
 def step_timeline(run: RunResult, path: Path) -> Path | None:
@@ -142,10 +143,7 @@ def step_timeline(run: RunResult, path: Path) -> Path | None:
     handles = [Patch(color=PHASE_COLORS[p], alpha=0.4, label=p) for p in ("forward", "backward", "optimizer")]
     fig.legend(handles=handles, loc="upper right", fontsize=8, frameon=False, ncol=3)
     fig.suptitle(f"Tensor memory over one step — {_title(run)} ({run.mode})", fontsize=10, x=0.02, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 100, rect=(0, 0, 1, 0.95))
 
 
 def estimated_vs_measured(estimated: RunResult, measured: RunResult, path: Path) -> Path | None:
@@ -174,14 +172,12 @@ def estimated_vs_measured(estimated: RunResult, measured: RunResult, path: Path)
     axes.flat[0].legend(fontsize=7.5, frameon=False)
     fig.suptitle(f"Estimated (dotted) vs measured (coloured) on {measured.environment.get('device_name') or measured.device} "
                  f"— {_title(measured)}", fontsize=9.5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 100)
 
 
 def size_sweep(runs: list[RunResult], path: Path) -> Path | None:
-    """Peak memory vs model size, one line per optimizer name, across runs of different models."""
+    """Peak memory vs model size, one line per optimizer label (same label = same settings), across
+    runs of different models."""
     runs = [r for r in runs if r.cases]
     if len({r.scenario["model"] for r in runs}) < 2:
         return None
@@ -190,28 +186,27 @@ def size_sweep(runs: list[RunResult], path: Path) -> Path | None:
     for r in runs:
         for c in r.cases:
             if c.status == "ok" and c.params.get("total"):
-                points.setdefault(c.optimizer["name"], []).append((c.params["total"], c.peak_bytes / GiB,
-                                                                     r.scenario["model"]))
+                points.setdefault(c.label, []).append((c.params["total"], c.peak_bytes / GiB,
+                                                         r.scenario["model"]))
     fig, ax = plt.subplots(figsize=(8.5, 5.5))
     markers = "osD^v<>ph*"
     for i, (name, pts) in enumerate(sorted(points.items())):
         pts.sort()
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=markers[i % len(markers)], label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
     gpus = {r.gpu["name"]: r.gpu["memory_bytes"] / GiB for r in runs}
     for name, cap in gpus.items():
         ax.axhline(cap, color="#CC0000", linestyle="--", linewidth=1)
-        ax.text(ax.get_xlim()[0], cap, f" {name} {cap:.0f} GiB", color="#CC0000", fontsize=8, va="bottom")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+        ax.text(0.99, cap, f"{name}: {cap:.0f} GiB", color="#CC0000", fontsize=8, va="bottom", ha="right",
+                transform=ax.get_yaxis_transform())
     ax.set_xlabel("model parameters")
     ax.set_ylabel("GiB at the step's peak")
     modes = sorted({r.mode for r in runs})
-    batches = sorted({f"{r.scenario['model']}: {r.scenario['batch_size']}×{r.scenario['seq_len']}" for r in runs})
+    by_size = sorted(runs, key=lambda r: max((c.params.get("total", 0) for c in r.cases), default=0))
+    batches = [f"{r.scenario['model']}: {r.scenario['batch_size']}×{r.scenario['seq_len']}" for r in by_size]
     ax.set_title(f"Peak memory vs model size ({'/'.join(modes)}; batch×seq per model: {', '.join(batches)})",
                  fontsize=8.5, wrap=True)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     ax.grid(True, which="both", alpha=0.2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, 110)
