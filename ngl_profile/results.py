@@ -41,6 +41,9 @@ class CaseResult:
     step_time_s: dict = field(default_factory=dict)
     mfu: float | None = None
     flops_per_token: float | None = None
+    """model FLOPs per token, 3 × forward (the MFU convention)"""
+    step_flops: float | None = None
+    """all counted FLOPs of one steady step, optimizer included"""
     projected: dict | None = None
     """roofline projection for the target GPU (estimated runs), labelled with its assumptions"""
     nvml: dict = field(default_factory=dict)
