@@ -115,6 +115,9 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a results file is not
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, default=_jsonable)
