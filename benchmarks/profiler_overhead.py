@@ -84,7 +84,8 @@ def main() -> None:
             sync()
             times[name].append((time.perf_counter() - t0) / args.steps)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{args.model}, batch {args.batch} × seq {args.seq}, {device}, NVML {'on' if nvml.available else 'unavailable: ' + nvml.reason}; "
+    nvml_state = 'on' if nvml.available else f'unavailable ({nvml.reason})'
+    print(f"{args.model}, batch {args.batch} × seq {args.seq}, {device}, NVML {nvml_state}; "
           f"median of {args.rounds} rounds × {args.steps} steps")
     for k, v in med.items():
         print(f"{k:<24}{v:>9.4f} s/step  {v / med['off']:.3f}× off")

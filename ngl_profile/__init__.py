@@ -1,2 +1,8 @@
 """ngl-profile: what every byte of the peak holds, and what it costs, for Natural GaLore and its peers."""
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes' CPU backend warns at import that an optional 4-bit GEMM kernel package is missing;
+# ngl-profile uses only its 8-bit optimizer ops, so the warning would be noise in every report.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

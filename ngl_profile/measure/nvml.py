@@ -32,7 +32,7 @@ class NvmlSampler:
             self._nvml.nvmlInit()
             self._handle = self._nvml.nvmlDeviceGetHandleByIndex(device_index)
         except Exception as e:  # no library, no driver, no device: all mean "not available"
-            self.reason = f"NVML unavailable: {e.__class__.__name__}: {e}".strip()
+            self.reason = f"{e.__class__.__name__}: {e}".strip()
             self._handle = None
 
     @property
