@@ -111,7 +111,8 @@ def _lora(model, hp):
 
     matrices, _ = low_rank_parameters(model)
     names = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    targets = sorted({names[id(p)].rsplit(".", 1)[-1] for p in matrices})
+    # full module names, not suffixes: "dense" would also catch RoBERTa's pooler and classifier
+    targets = sorted(names[id(p)] for p in matrices)
     rank = hp.get("rank", 8)
     config = LoraConfig(r=rank, lora_alpha=hp.get("lora_alpha", 2 * rank),
                         lora_dropout=hp.get("lora_dropout", 0.0), target_modules=targets)
@@ -133,7 +134,8 @@ def _lora(model, hp):
     else:
         inject_adapter_in_model(config, model)  # in place: the caller's model now trains the adapters
     for name, p in model.named_parameters():
-        p.requires_grad_("lora_" in name)
+        # a classification head is new for the task and trains in full (peft's modules_to_save)
+        p.requires_grad_("lora_" in name or name.startswith("classifier."))
     kwargs = {k: hp[k] for k in ("lr", "weight_decay") if k in hp}
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": params}], lambda g: torch.optim.AdamW(g, **kwargs)

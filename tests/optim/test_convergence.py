@@ -48,3 +48,13 @@ def test_low_rank_goes_to_block_linears_only():
     assert len(mats) == 2 * 7  # q k v o gate up down per layer
     assert all("layers." in names[id(p)] and p.dim() == 2 for p in mats)
     assert any("embed_tokens" in names[id(p)] for p in rest) and any("lm_head" in names[id(p)] for p in rest)
+
+
+def test_lora_on_roberta_adapts_block_linears_and_trains_the_head():
+    model = build_model("roberta-base", num_layers=2)
+    build("lora", model, rank=4)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any(n.startswith("classifier.") for n in trainable)
+    adapted = {n.split(".lora_")[0] for n in trainable if "lora_" in n}
+    assert adapted and all(".layer." in n for n in adapted)  # never the pooler or the classifier
+    assert not any("pooler" in n for n in trainable)
