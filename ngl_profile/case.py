@@ -81,7 +81,8 @@ def _param_counts(model) -> dict:
 
 
 def run_case(spec: dict) -> CaseResult:
-    """spec: {"scenario": {...}, "case": {"name", "label", "hparams"}, "mode", "device", "cap_bytes"}."""
+    """spec: {"scenario": {...}, "case": {"name", "label", "hparams"}, "mode", "device", "target_bytes"}.
+    Never raises for a failing case: the failure is the result (status "oom" or "error")."""
     from .optim import build
 
     scn, case, mode = spec["scenario"], spec["case"], spec["mode"]
@@ -121,24 +122,7 @@ def run_case(spec: dict) -> CaseResult:
             _injected_fault(case["label"])
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            t_steps = []
-            from torch.utils.flop_counter import FlopCounterMode
-
-            for i in range(TRACKED_STEPS):
-                emit("step", kind="tracked", i=i + 1, n=TRACKED_STEPS)
-                tracker.start_step()
-                t0 = time.perf_counter()
-                # the steady step's FLOPs, optimizer included (projections; an SVD has no formula
-                # in torch's counter and refreshes are rare): the roofline projection needs them
-                counter = FlopCounterMode(display=False) if i == TRACKED_STEPS - 1 else contextlib.nullcontext()
-                with tracker, counter:
-                    _one_step(model, opt, scn, device, gen, tracker=tracker)
-                if i == TRACKED_STEPS - 1:
-                    result.step_flops = float(counter.get_total_flops())
-                if cuda:
-                    torch.cuda.synchronize()
-                t_steps.append(time.perf_counter() - t0)
-                tracker.end_step()
+            t_steps = _tracked_steps(result, model, opt, scn, device, gen, tracker)
             _forward_flops(result, model, scn, device, gen, tokens)
             snap = tracker.snapshot()
         _record_memory(result, snap, gpu, cuda, context_bytes, device)
@@ -159,6 +143,30 @@ def run_case(spec: dict) -> CaseResult:
         gc.collect()
     result.duration_s = time.perf_counter() - t_start
     return result
+
+
+def _tracked_steps(result, model, opt, scn, device, gen, tracker) -> list[float]:
+    """The memory-tracked steps; wall seconds of each (with the tracker's overhead: never reported
+    as throughput). The steady step's FLOPs are counted too, optimizer included (projections; an
+    SVD has no formula in torch's counter and refreshes are rare): the roofline projection uses them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    seconds = []
+    for i in range(TRACKED_STEPS):
+        emit("step", kind="tracked", i=i + 1, n=TRACKED_STEPS)
+        last = i == TRACKED_STEPS - 1
+        tracker.start_step()
+        t0 = time.perf_counter()
+        counter = FlopCounterMode(display=False) if last else contextlib.nullcontext()
+        with tracker, counter:
+            _one_step(model, opt, scn, device, gen, tracker=tracker)
+        if last:
+            result.step_flops = float(counter.get_total_flops())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - t0)
+        tracker.end_step()
+    return seconds
 
 
 def _injected_fault(label: str) -> None:
