@@ -118,7 +118,11 @@ def _confirm(scn, case, setting, gpu, console):
     """One measured run on this machine's GPU when there is one big enough; None otherwise."""
     import torch
 
-    if not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < gpu.memory_bytes:
+    from .measure.nvml import NvmlSampler
+
+    # NVML, not torch.cuda: this process must not hold a CUDA context while the case runs
+    total = NvmlSampler().device_info().get("device_memory_bytes") if torch.cuda.is_available() else None
+    if not total or total < gpu.memory_bytes:
         console.print("no CUDA GPU at least as large as the target here: the answer is estimated, not confirmed")
         return None
     from .runner import run_scenario

@@ -74,16 +74,13 @@ def environment(device: str) -> dict:
             env[pkg] = None
     env["commit"] = _git_commit()
     if device == "cuda":
-        env["cuda"] = torch.version.cuda
-        env["device_name"] = torch.cuda.get_device_name(0)
-        env["device_memory_bytes"] = torch.cuda.get_device_properties(0).total_memory
-        try:
-            import pynvml
+        # through NVML: torch.cuda calls here would give this parent process a CUDA context, which
+        # the children would then count as theirs (and it would take memory from the cases)
+        from .measure.nvml import NvmlSampler
 
-            pynvml.nvmlInit()
-            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
-        except Exception as e:
-            env["driver"] = f"unavailable ({e.__class__.__name__})"
+        env["cuda"] = torch.version.cuda
+        info = NvmlSampler().device_info()
+        env.update(info or {"device_name": "CUDA device (NVML unavailable)", "driver": None})
     else:
         env["device_name"] = f"CPU ({platform.processor() or platform.machine()})"
         env["driver"] = None

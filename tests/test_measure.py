@@ -52,6 +52,18 @@ def test_nvml_summary_with_fake_library():
     assert summary["energy_j"] == pytest.approx(150.0) and summary["temp_c_max"] == 70
 
 
+def test_nvml_counts_this_process_not_the_whole_device():
+    import os
+
+    fake = FakeNvml()
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: [
+        types.SimpleNamespace(pid=os.getpid() + 1, usedGpuMemory=5 << 30),
+        types.SimpleNamespace(pid=os.getpid(), usedGpuMemory=700 << 20)]
+    assert NvmlSampler(nvml=fake).used_bytes_now() == 700 << 20
+    fake.nvmlDeviceGetComputeRunningProcesses = lambda h: []  # PID namespace hides us: whole device
+    assert NvmlSampler(nvml=fake).used_bytes_now() == 10 << 30
+
+
 def test_nvml_unavailable_is_recorded_not_raised():
     class Broken:
         def nvmlInit(self):

@@ -101,7 +101,29 @@ class NvmlSampler:
                 "temp_c_max": max(vals("temp_c"), default=None)}
 
     def used_bytes_now(self) -> int | None:
+        """Device memory used by this process if NVML can tell (other processes on the same GPU
+        must not count as our context), else by the whole device."""
         if not self.available:
             return None
-        mem = self._read(self._nvml.nvmlDeviceGetMemoryInfo)
+        import os
+
+        procs = self._read(self._nvml.nvmlDeviceGetComputeRunningProcesses) or []
+        mine = [p.usedGpuMemory for p in procs if getattr(p, "pid", None) == os.getpid()
+                and getattr(p, "usedGpuMemory", None) is not None]
+        if mine:
+            return int(mine[0])
+        mem = self._read(self._nvml.nvmlDeviceGetMemoryInfo)  # PID namespaces hide us: whole device
         return getattr(mem, "used", None)
+
+    def device_info(self) -> dict:
+        """Name, total memory and driver, without creating a CUDA context in this process."""
+        if not self.available:
+            return {}
+        name = self._read(self._nvml.nvmlDeviceGetName)
+        mem = self._read(self._nvml.nvmlDeviceGetMemoryInfo)
+        try:
+            driver = self._nvml.nvmlSystemGetDriverVersion()
+        except Exception:
+            driver = None
+        return {"device_name": name.decode() if isinstance(name, bytes) else name,
+                "device_memory_bytes": getattr(mem, "total", None), "driver": driver}
