@@ -299,6 +299,7 @@ def _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> Non
             result.step_time_s[key] = statistics.median(vals)
     result.step_time_s["steps"] = len(per_step)
     result.tokens_per_s = tokens_per_second(tokens, [s["total"] for s in per_step])
+    _svd_refresh_time(result, opt, device)
     if device.type == "cuda":
         from .gpus import match_device_name
 
@@ -315,6 +316,47 @@ def _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> Non
         result.host_rss_peak_bytes = psutil.Process().memory_info().rss
     except Exception:
         pass
+
+
+def _svd_refresh_time(result, opt, device) -> None:
+    """Seconds the projector refresh adds to a step every update_proj_gap steps: one SVD per
+    distinct low-rank shape (the same call our optimizers and galore-torch make, on random data of
+    that shape: its cost does not depend on the values), times how many parameters have it. Timed
+    apart from the steady steps, which a refresh would otherwise hit only once every T steps."""
+    from collections import Counter
+
+    from .optim.projector import clamp_rank, compute_basis, resolve_side
+
+    inner = getattr(opt, "optimizers", None) or [opt]
+    shapes, gaps = Counter(), set()
+    for o in inner:
+        for g in o.param_groups:
+            if g.get("rank") is None:
+                continue
+            gaps.add(g.get("update_proj_gap", 200))
+            for p in g["params"]:
+                if p.dim() >= 2:
+                    side = resolve_side(p.shape, g.get("proj_type", "std"))
+                    shapes[(tuple(p.shape), p.dtype, side, clamp_rank(tuple(p.shape), g["rank"], side))] += 1
+    if not shapes:
+        return
+    total = 0.0
+    try:
+        for (shape, dtype, side, ranks), count in shapes.items():
+            x = torch.randn(shape, device=device).to(dtype)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            compute_basis(x, ranks, side)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            total += (time.perf_counter() - t0) * count
+            del x
+    except torch.OutOfMemoryError:
+        result.step_time_s["svd_refresh"] = None  # no room left for the SVD workspace: not measured
+        return
+    result.step_time_s["svd_refresh"] = total
+    result.step_time_s["svd_refresh_amortized"] = total / min(gaps)
 
 
 def _project(result, gpu, tokens) -> None:

@@ -99,3 +99,10 @@ def test_checkpointing_saves_activations():
     assert ckpt.status == "ok", ckpt.message
     assert ckpt.memory_bytes["weights"] == plain.memory_bytes["weights"]
     assert all(c in ckpt.memory_bytes for c in CATEGORIES)
+
+
+def test_svd_refresh_is_timed_for_low_rank_optimizers_only():
+    r = run_case(case_spec("galore-8bit-layerwise", rank=8, update_proj_gap=50))
+    assert r.step_time_s["svd_refresh"] > 0
+    assert r.step_time_s["svd_refresh_amortized"] == pytest.approx(r.step_time_s["svd_refresh"] / 50)
+    assert "svd_refresh" not in run_case(case_spec("adamw")).step_time_s
