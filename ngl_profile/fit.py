@@ -58,7 +58,7 @@ def _apply(scn: Scenario, case: OptimizerCase, setting: dict) -> Scenario:
 
 
 def search(args, console) -> int:
-    from .runner import plan, run_scenario
+    from .runner import run_scenario
 
     scn = load_scenario(args.scenario).with_overrides(gpu=args.gpu)
     wanted = [c for c in scn.optimizers if args.optimizer in (c.label, c.name)]

@@ -59,3 +59,26 @@ def test_bad_input_is_one_line_exit_2(args, message):
 def test_list(what, expect):
     r = cli("list", what)
     assert r.returncode == 0 and expect in r.stdout
+
+
+def test_ctrl_c_keeps_finished_cases(tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "ngl_profile.cli", "run", "tiny", "--mode", "measured",
+                          "--optimizers", "adamw,adafactor,galore,natural-galore", "--out", str(out), "--no-report"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if json.loads((out / "results.json").read_text())["cases"]:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    cases = json.loads((out / "results.json").read_text())["cases"]
+    assert 1 <= len(cases) < 4 and all(c["status"] == "ok" for c in cases)
