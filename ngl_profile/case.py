@@ -273,6 +273,12 @@ def _record_failure(result, status, exc, tracker, gpu, cuda, context_bytes, devi
     if status == "oom":
         result.fits = False
         result.headroom_bytes = None
+        total = result.cuda.get("device_total_bytes")
+        if cuda and total is not None and total < gpu.memory_bytes:
+            # this card is smaller than the target: running out here says nothing about the target
+            result.fits = None
+            result.message += f" (this device has {total / 2**30:.1f} GiB, less than {gpu.name}: " \
+                              "use --mode estimated to judge the target)"
 
 
 def _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None:
@@ -310,12 +316,10 @@ def _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> Non
         energy = result.nvml.get("energy_j")
         if energy and result.tokens_per_s:
             result.nvml["tokens_per_joule"] = tokens * len(per_step) / energy
-    try:
-        import psutil
+    import resource
 
-        result.host_rss_peak_bytes = psutil.Process().memory_info().rss
-    except Exception:
-        pass
+    # peak resident set of this case's process (Linux reports KiB)
+    result.host_rss_peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _svd_refresh_time(result, opt, device) -> None:
