@@ -44,8 +44,8 @@ def test_categories_sum_to_peak_and_match_hand_counts():
     assert m["weights"] == weights
     lr = low_rank_elements(mats, rank)
     assert m["projectors"] == sum(proj for _, proj in lr) * F32
-    # history: s columns of k float32 per matrix + its s×s float64 Gram matrix
-    assert m["history"] == sum(s * k * F32 + s * s * 8 for k, _ in lr)
+    # history: s columns of k float32 per matrix + its s×s float64 Gram matrix + an int64 counter
+    assert m["history"] == sum(s * k * F32 + s * s * 8 + 8 for k, _ in lr)
     # Adam moments: 2 × projected size for matrices, 2 × full size for the rest
     rest = sum(p.numel() for p in params) - sum(p.numel() for p in mats)
     assert m["moments"] == 2 * F32 * (sum(k for k, _ in lr) + rest)
@@ -66,7 +66,7 @@ def test_int8_history_and_8bit_quant_stats_by_count():
     s, rank = 2, 8
     r = run_case(case_spec("natural-galore-8bit", rank=rank, history_size=s, history_dtype="int8"))
     lr = low_rank_elements(mats, rank)
-    assert r.memory_bytes["history"] == sum(s * k + s * F32 + s * s * 8 for k, _ in lr)
+    assert r.memory_bytes["history"] == sum(s * k + s * F32 + s * s * 8 + 8 for k, _ in lr)
     assert r.memory_bytes["quant_stats"] > 0
 
 

@@ -35,7 +35,7 @@ _STATE_KEYS = {
     "RMS": "moments", "momentum_buffer": "moments", "max_exp_avg_sq": "moments",
     "exp_avg_absmax": "quant_stats", "exp_avg_sq_absmax": "quant_stats", "absmax1": "quant_stats",
     "absmax2": "quant_stats", "qmap1": "quant_stats", "qmap2": "quant_stats",
-    "history": "history", "history_scale": "history", "gram": "history",
+    "history": "history", "history_scale": "history", "gram": "history", "damping_backoffs": "history",
     "projector": "projectors",
 }
 

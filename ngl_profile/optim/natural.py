@@ -15,7 +15,7 @@ State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them
   history_scale  s per-column scales, int8 storage only (absmax / 127)
   gram           s×s float64 Gram matrix of the stored (dequantized) columns, slot order
   history_count  number of filled slots (≤ s);  history_head  slot the next column goes to
-  damping_backoffs  how often the Cholesky factorisation needed a larger λ
+  damping_backoffs  how many damping tiers the Cholesky factorisation had to climb, summed
 """
 from __future__ import annotations
 
@@ -23,19 +23,20 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 
 __all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "solve", "rotate_window",
-           "history_nbytes", "all_finite"]
+           "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 # The window is read in slices of at most this many elements (all columns together), so the float64
 # Gram update never materialises an s×k float64 copy of it (a 7B MLP matrix at s = 10: ~0.9 GB);
 # the transient is ≤ 64 MiB. Larger slices mean fewer kernel launches (and a faster estimator).
 _CHUNK_ELEMENTS = 1 << 23
-_MAX_BACKOFF = 6  # λ grows ×10 per retry: 1e-3 → 1e3 at most, then the window is bypassed
+# λ, then 1e3·λ, then 1e6·λ if the factorisation fails (bounded; see solve)
+_DAMPING_TIERS = (1.0, 1e3, 1e6)
 
 
 def _host_bool(t: torch.Tensor) -> bool:
     """Read a 0-d boolean on the host (a sync). Under FakeTensorMode — ngl-profile's estimator —
-    there is no value to read: the estimate follows the normal path (finite, factorisation ok)."""
+    there is no value to read: the estimate follows the normal path (finite)."""
     if is_fake(t):
         return True
     return bool(t)
@@ -47,13 +48,6 @@ def all_finite(x: torch.Tensor) -> bool:
     return _host_bool(torch.isfinite(x.sum(dtype=torch.float64)))
 
 
-def history_nbytes(k: int, s: int, storage: str) -> int:
-    """Bytes of one parameter's window by count: the buffer, int8 scales, and the float64 Gram."""
-    item = torch.empty((), dtype=HISTORY_DTYPES[storage]).element_size()
-    scales = 4 * s if storage == "int8" else 0
-    return s * k * item + scales + 8 * s * s
-
-
 def init_window(state: dict, k: int, s: int, storage: str, device: torch.device) -> None:
     state["history"] = torch.zeros(s, k, dtype=HISTORY_DTYPES[storage], device=device)
     if storage == "int8":
@@ -61,7 +55,7 @@ def init_window(state: dict, k: int, s: int, storage: str, device: torch.device)
     state["gram"] = torch.zeros(s, s, dtype=torch.float64, device=device)
     state["history_count"] = 0
     state["history_head"] = 0
-    state["damping_backoffs"] = 0
+    state["damping_backoffs"] = torch.zeros((), dtype=torch.int64, device=device)  # a tensor: no sync
 
 
 def reset_window(state: dict) -> None:
@@ -124,26 +118,24 @@ def push(state: dict, g: torch.Tensor) -> None:
 def solve(state: dict, damping: float) -> torch.Tensor:
     """g̃ = G w with (λI + GᵀG) w = e_newest; float32 result of length k.
 
-    Needs a pushed column. `cholesky_ex` reports failure instead of raising; the check of its
-    `info` is a host sync on an s×s problem, paid once per parameter and step.
+    Needs a pushed column. The s×s system is factored at every damping tier at once (one batched
+    `cholesky_ex`, a few s×s matrices) and the first tier that factors is taken with `torch.where`:
+    a failed factorisation raises λ instead of giving NaN, and nothing is read back to the host.
     """
     n = state["history_count"]
     newest = (state["history_head"] - 1) % state["history"].shape[0]
     gram = state["gram"][:n, :n]
     eye = torch.eye(n, dtype=torch.float64, device=gram.device)
+    lams = damping * torch.tensor(_DAMPING_TIERS, dtype=torch.float64, device=gram.device)
+    chol, info = torch.linalg.cholesky_ex(gram + lams[:, None, None] * eye)  # tiers × n × n
     e = eye[:, newest : newest + 1]
-    lam = damping
-    for _ in range(_MAX_BACKOFF + 1):
-        chol, info = torch.linalg.cholesky_ex(gram + lam * eye)
-        if _host_bool(info == 0):
-            w = torch.cholesky_solve(e, chol).squeeze(1)
-            break
-        state["damping_backoffs"] += 1
-        lam *= 10.0
-    else:
-        # the Gram matrix is beyond repair (it cannot be, with finite gradients, but never NaN):
-        # fall back to the λ → ∞ limit of the formula, g̃ = g_t / λ
-        w = e.squeeze(1) / lam
+    w_tiers = torch.cholesky_solve(e.expand(len(_DAMPING_TIERS), n, 1), chol).squeeze(-1)
+    ok = info == 0
+    first = torch.argmax(ok.to(torch.int8))  # the smallest λ that factored (0 if none did)
+    # none factored (impossible with finite gradients, but never NaN): the λ → ∞ limit, g_t / λ
+    chosen = torch.index_select(w_tiers, 0, first.reshape(1)).squeeze(0)  # no host read, unlike w[first]
+    w = torch.where(ok.any(), chosen, e.squeeze(1) / lams[-1])
+    state["damping_backoffs"] += torch.where(ok.any(), first, len(_DAMPING_TIERS)).to(torch.int64)
     w32 = w.float()
     buf = state["history"]
     if buf.dtype == torch.float32:  # stored as computed: one mat-vec, no copy of the window
