@@ -106,3 +106,24 @@ def test_svd_refresh_is_timed_for_low_rank_optimizers_only():
     assert r.step_time_s["svd_refresh"] > 0
     assert r.step_time_s["svd_refresh_amortized"] == pytest.approx(r.step_time_s["svd_refresh"] / 50)
     assert "svd_refresh" not in run_case(case_spec("adamw")).step_time_s
+
+
+def test_cuda_accounting_slack_and_context(monkeypatch):
+    """The CUDA branch's arithmetic, without a GPU: slack = reserved − tracked peak, context from
+    NVML, all of it in the peak, and fit judged with no assumed context (the real one is counted)."""
+    from ngl_profile import case as case_mod
+    from ngl_profile.gpus import get_gpu
+    from ngl_profile.measure.memory import MemorySnapshot
+    from ngl_profile.results import CaseResult
+
+    GiB = 1 << 30
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 20 * GiB)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 19 * GiB)
+    by_cat = dict.fromkeys(CATEGORIES, 0)
+    by_cat.update(weights=12 * GiB, moments=6 * GiB)
+    snap = MemorySnapshot(peak_bytes=18 * GiB, by_category=by_cat, peak_phase="optimizer")
+    r = CaseResult(optimizer={"name": "x", "label": "x"}, status="ok", provenance="measured")
+    case_mod._record_memory(r, snap, get_gpu("4090"), True, GiB // 2, "cuda")
+    assert r.memory_bytes["allocator_slack"] == 2 * GiB and r.memory_bytes["context"] == GiB // 2
+    assert r.peak_bytes == sum(r.memory_bytes.values()) == 20 * GiB + GiB // 2
+    assert r.fits and r.headroom_bytes == 24 * GiB - r.peak_bytes  # no 512 MiB assumption on top
