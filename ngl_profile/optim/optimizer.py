@@ -88,13 +88,29 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._step_param(p, group)
+        live = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        verdicts = [None] * len(live)
+        if self._check_whole_step(live):
+            # on a GPU every host read stalls the launch queue: one read for the whole step (one
+            # extra pass over the gradients, cheap at HBM bandwidth) instead of one per parameter
+            verdicts = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite().tolist()
+        for (p, group), finite in zip(live, verdicts):
+            self._step_param(p, group, finite)
         return loss
 
-    def _step_param(self, p: torch.Tensor, group: dict) -> None:
+    # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
+    # free and the extra pass over every gradient is not: ~7 % of a GaLore step measured on 2 cores)
+    whole_step_check: bool | None = None
+
+    def _check_whole_step(self, live) -> bool:
+        if not live:
+            return False
+        if self.whole_step_check is not None:
+            return self.whole_step_check
+        return live[0][0].grad.is_cuda and len(live) > 1
+
+    def _step_param(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> None:
+        """`finite`: the step's verdict on this gradient, if already known; None: check it here."""
         if p.grad.is_sparse:
             raise RuntimeError("Natural GaLore does not support sparse gradients")
         state = self.state[p]
@@ -106,8 +122,11 @@ class _NaturalGaLore(torch.optim.Optimizer):
         # A non-finite entry of ∇ reaches its projection (inf·x = ±inf, inf·0 = NaN), so for a
         # low-rank parameter checking the small projected g is enough: no extra pass over ∇.
         # Either way a host sync per parameter: the price of never updating with NaN.
-        g = self._project(p, state, group, side) if low_rank else p.grad
-        if g is None or not natural.all_finite(g):
+        if finite is False:
+            state["nonfinite_skips"] += 1
+            return
+        g = self._project(p, state, group, side, checked=finite) if low_rank else p.grad
+        if g is None or (finite is None and not natural.all_finite(g)):
             state["nonfinite_skips"] += 1
             return
         if low_rank and group["history_size"] > 0:
@@ -130,11 +149,12 @@ class _NaturalGaLore(torch.optim.Optimizer):
     def _basis(state: dict) -> tuple[torch.Tensor, ...]:
         return tuple(state[f"proj_{i}"] for i in range(state["proj_factors"]))
 
-    def _project(self, p: torch.Tensor, state: dict, group: dict, side: str) -> torch.Tensor | None:
+    def _project(self, p: torch.Tensor, state: dict, group: dict, side: str,
+                 checked: bool | None = None) -> torch.Tensor | None:
         """g_t = the projected gradient, refreshing P on gap steps; None if ∇ is not finite there."""
         grad = p.grad
         if state["step"] % group["update_proj_gap"] == 0:
-            if not natural.all_finite(grad):  # an SVD of NaN would poison P for a whole gap
+            if not checked and not natural.all_finite(grad):  # an SVD of NaN would poison P
                 return None
             ranks = clamp_rank(tuple(p.shape), group["rank"], side)
             if min(ranks) < group["rank"] and not self._rank_warned:

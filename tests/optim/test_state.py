@@ -131,3 +131,21 @@ def test_rank_larger_than_matrix_is_clamped_with_one_warning():
     assert len([w for w in caught if "clamped" in str(w.message)]) == 1
     assert opt.state[ps[0]]["proj_0"].shape == (6, 6)  # left: m×min(r, m)
     assert opt.state[ps[1]]["proj_0"].shape == (4, 4)  # right: min(r, n)×n
+
+
+@pytest.mark.parametrize("whole_step", [True, False])
+def test_whole_step_and_per_parameter_checks_agree(whole_step, monkeypatch):
+    """The GPU's one-read-per-step check and the CPU's per-parameter one skip the same updates."""
+    monkeypatch.setattr(NaturalGaLoreAdamW, "whole_step_check", whole_step)
+    params, opt = make()
+    gs = grads(4, 1)
+    gs[2][0][0, 0] = float("nan")
+    gs[3][1][5] = float("inf")
+    train(params, opt, gs)
+    assert opt.skipped_updates == 2
+    assert opt.state[params[0]]["step"] == 3 and opt.state[params[1]]["step"] == 3
+    ref_params, ref_opt = make()
+    monkeypatch.setattr(NaturalGaLoreAdamW, "whole_step_check", not whole_step)
+    train(ref_params, ref_opt, gs)
+    for a, b in zip(params, ref_params):
+        assert torch.equal(a, b)
