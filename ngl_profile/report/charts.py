@@ -71,7 +71,9 @@ def memory_breakdown(run: RunResult, path: Path) -> Path:
                 va="bottom", ha="right", fontsize=9)
     for x, c, top in zip(xs, cases, bottoms):
         if c.status == "ok":
-            ax.text(x, top, f"{top:.1f}" if unit == "GiB" else f"{top:.2f}", ha="center", va="bottom", fontsize=9)
+            # boxed, so a total that lands on the capacity line stays readable
+            ax.text(x, top, f"{top:.1f}" if unit == "GiB" else f"{top:.2f}", ha="center", va="bottom", fontsize=9,
+                    bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
         else:
             ax.text(x, top, "OOM" if c.status == "oom" else "error", ha="center", va="bottom", fontsize=10,
                     color="#CC0000", fontweight="bold")
