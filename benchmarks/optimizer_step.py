@@ -47,16 +47,17 @@ class OfficialStyle(NaturalGaLoreAdamW):
 
 
 def candidates(rank: int, gap: int):
-    def ours(s):
+    def ours(s, svd="full"):
         return lambda ps: NaturalGaLoreAdamW([{"params": ps, "rank": rank, "update_proj_gap": gap,
-                                               "scale": 0.25, "history_size": s}], lr=1e-3)
+                                               "scale": 0.25, "history_size": s, "svd": svd}], lr=1e-3)
 
     def official(ps):
         return OfficialStyle([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
                                "history_size": 10}], lr=1e-3)
 
     out = {"adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3), "galore (ours, s=0)": ours(0),
-           "natural-galore (s=10)": ours(10), "official-style s=10": official}
+           "natural-galore (s=10)": ours(10), "natural-galore lowrank": ours(10, "lowrank"),
+           "official-style s=10": official}
     try:
         from galore_torch import GaLoreAdamW
 

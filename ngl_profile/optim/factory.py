@@ -23,7 +23,8 @@ __all__ = ["OPTIMIZERS", "build", "low_rank_parameters", "optimizer_names"]
 _BLOCK = re.compile(r"(^|\.)(layers|layer|h|blocks)\.\d+\.")
 _ADAM = ("lr", "betas", "eps", "weight_decay")
 _ADAFACTOR = ("lr", "beta1", "weight_decay")
-_GALORE = ("rank", "update_proj_gap", "scale", "proj_type")
+_GALORE_TORCH = ("rank", "update_proj_gap", "scale", "proj_type")
+_GALORE = _GALORE_TORCH + ("svd",)
 _NATURAL = _GALORE + ("history_size", "damping", "history_dtype", "on_subspace_change")
 _LORA = ("rank", "lora_alpha", "lora_dropout", "lr", "weight_decay")
 LAYERWISE_SUFFIX = "-layerwise"
@@ -161,7 +162,7 @@ _SPECS = [
     OptimizerSpec("natural-galore-adafactor", "Natural GaLore, Adafactor moments", _ADAFACTOR + _NATURAL,
                   _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR)),
     OptimizerSpec("galore-torch", "the published galore-torch GaLoreAdamW (extra 'peers')",
-                  _ADAM + _GALORE, _galore_torch),
+                  _ADAM + _GALORE_TORCH, _galore_torch),
     OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,
                   layerwise=False),
 ]

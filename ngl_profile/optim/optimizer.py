@@ -16,7 +16,7 @@ from itertools import chain
 import torch
 
 from . import natural
-from .projector import (PROJ_TYPES, add_projected_back, clamp_rank, compute_basis, project,
+from .projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
                         projected_shape, resolve_side, rotate)
 from .rules import Adam8bitRule, AdafactorRule, AdamRule
 
@@ -25,7 +25,8 @@ __all__ = ["NaturalGaLoreAdamW", "NaturalGaLoreAdamW8bit", "NaturalGaLoreAdafact
 
 SUBSPACE_POLICIES = ("keep", "reset", "rotate")
 LOW_RANK_DEFAULTS = {"update_proj_gap": 200, "scale": 0.25, "proj_type": "std", "history_size": 10,
-                     "damping": 1e-3, "history_dtype": "float32", "on_subspace_change": "keep"}
+                     "damping": 1e-3, "history_dtype": "float32", "on_subspace_change": "keep",
+                     "svd": "full"}
 
 
 def _history_dtype_name(value) -> str:
@@ -55,6 +56,7 @@ def _validate_low_rank(group: dict) -> None:
            "a number > 0")
     _check(group["proj_type"] in PROJ_TYPES, "proj_type", group["proj_type"],
            f"one of {', '.join(PROJ_TYPES)}")
+    _check(group["svd"] in SVD_METHODS, "svd", group["svd"], f"one of {', '.join(SVD_METHODS)}")
     _check(group["on_subspace_change"] in SUBSPACE_POLICIES, "on_subspace_change",
            group["on_subspace_change"], f"one of {', '.join(SUBSPACE_POLICIES)}")
     # stored as a name: a string survives torch.load(weights_only=True) on any torch version
@@ -161,7 +163,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
                 self._rank_warned = True
                 warnings.warn(f"rank {group['rank']} exceeds what a {tuple(p.shape)} tensor allows; "
                               f"clamped to {ranks} (warned once per optimizer)", stacklevel=4)
-            new = compute_basis(grad, ranks, side)
+            new = compute_basis(grad, ranks, side, group["svd"], seed=state["step"] + 1)
             if "proj_factors" in state and group["history_size"] > 0:
                 self._on_subspace_change(state, group, side, self._basis(state), new, ranks, p.shape)
             state["proj_factors"] = len(new)

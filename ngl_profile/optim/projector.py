@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PROJ_TYPES", "resolve_side", "clamp_rank", "compute_basis", "project", "project_back",
+__all__ = ["PROJ_TYPES", "SVD_METHODS", "resolve_side", "clamp_rank", "compute_basis", "project", "project_back",
            "rotate", "projected_shape", "add_projected_back"]
 
 PROJ_TYPES = ("std", "left", "right", "tucker")
+SVD_METHODS = ("full", "lowrank")
+# torch.svd_lowrank: a randomized range finder with q = r + oversampling columns and a few power
+# iterations; accuracy is tested against the full SVD (tests/optim/test_projector.py)
+_OVERSAMPLE, _POWER_ITERS = 10, 2
 Basis = tuple[torch.Tensor, ...]
 
 
@@ -47,9 +51,16 @@ def projected_shape(shape: tuple[int, ...], ranks: tuple[int, ...], side: str) -
     return ranks
 
 
-def _top_left_singular(a: torch.Tensor, r: int) -> torch.Tensor:
+def _top_left_singular(a: torch.Tensor, r: int, method: str = "full", seed: int = 0) -> torch.Tensor:
     # SVD in float32 whatever the training dtype: bf16 SVD is unsupported on most backends and
     # its rounding would pick a different subspace than galore-torch does.
+    if method == "lowrank" and r + _OVERSAMPLE < min(a.shape):
+        # seeded in a forked RNG: the same refresh gives the same basis after a resume, and the
+        # training loop's own random stream is left untouched
+        with torch.random.fork_rng(devices=[a.device] if a.is_cuda else []):
+            torch.manual_seed(seed)
+            u, _, _ = torch.svd_lowrank(a.float(), q=r + _OVERSAMPLE, niter=_POWER_ITERS)
+        return u[:, :r]
     u, _, _ = torch.linalg.svd(a.float(), full_matrices=False)
     return u[:, :r]
 
@@ -60,10 +71,13 @@ def _own(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return x.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
 
 
-def compute_basis(grad: torch.Tensor, ranks: tuple[int, ...], side: str) -> Basis:
+def compute_basis(grad: torch.Tensor, ranks: tuple[int, ...], side: str, method: str = "full",
+                  seed: int = 0) -> Basis:
     """Top singular vectors of the gradient, stored in the gradient's dtype."""
     if side == "left":
-        return (_own(_top_left_singular(grad, ranks[0]), grad.dtype),)
+        return (_own(_top_left_singular(grad, ranks[0], method, seed), grad.dtype),)
+    if side == "right" and method == "lowrank":
+        return (_own(_top_left_singular(grad.t(), ranks[0], method, seed).t(), grad.dtype),)
     if side == "right":
         # right singular vectors of ∇ are the left ones of ∇ᵀ; galore-torch keeps them as r×n rows
         _, _, vh = torch.linalg.svd(grad.float(), full_matrices=False)
@@ -71,7 +85,7 @@ def compute_basis(grad: torch.Tensor, ranks: tuple[int, ...], side: str) -> Basi
     factors = []
     for mode, r in enumerate(ranks):
         unfolded = grad.movedim(mode, 0).reshape(grad.shape[mode], -1)
-        factors.append(_own(_top_left_singular(unfolded, r), grad.dtype))
+        factors.append(_own(_top_left_singular(unfolded, r, method, seed + mode), grad.dtype))
     return tuple(factors)
 
 
