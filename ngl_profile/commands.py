@@ -131,9 +131,12 @@ def fit(args) -> int:
 
 def report(args) -> int:
     from .report.render import render_report
-    from .results import load_results
+    from .results import ResultsError, load_many, load_results
 
-    runs = [load_results(p) for p in args.results]
+    # one file: it must load; several (a sweep): a corrupt one is skipped with a warning
+    runs = [load_results(args.results[0])] if len(args.results) == 1 else load_many(args.results)
+    if not runs:
+        raise ResultsError("none of the results files could be read")
     first = args.results[0]
     out = args.out or (first if first.is_dir() else first.parent)
     _check_writable(out)

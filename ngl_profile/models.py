@@ -12,7 +12,7 @@ from torch import nn
 
 from .registry import unique
 
-__all__ = ["MODELS", "ModelSpec", "get_model", "build_model", "make_batch", "model_names", "approx_parameters"]
+__all__ = ["MODELS", "ModelSpec", "get_model", "build_model", "make_batch", "approx_parameters"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +62,6 @@ _SPECS = [
 
 
 MODELS = unique(((s.name, s) for s in _SPECS), "model")
-
-
-def model_names() -> list[str]:
-    return list(MODELS)
 
 
 def get_model(name: str) -> ModelSpec:

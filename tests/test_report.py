@@ -66,3 +66,19 @@ def test_size_sweep_needs_two_models(tmp_path, runs):
     files = render_report([measured, bigger], tmp_path)
     assert "size_sweep.png" in {f.name for f in files}
     png_size(tmp_path / "size_sweep.png")
+
+
+def test_cases_csv_and_a_corrupt_file_among_several(tmp_path, runs):
+    import json
+
+    from ngl_profile.results import load_many
+
+    measured, estimated = runs
+    (tmp_path / "a.json").write_text(json.dumps(measured.to_dict()))
+    (tmp_path / "bad.json").write_text("{truncated")
+    with pytest.warns(UserWarning, match="skipped: .*bad.json"):
+        loaded = load_many([tmp_path / "a.json", tmp_path / "bad.json"])
+    assert len(loaded) == 1
+    render_report(loaded, tmp_path / "out")
+    cases = pd.read_csv(tmp_path / "out" / "cases.csv")
+    assert list(cases["optimizer"]) == ["adamw", "natural-galore"] and (cases["tokens_per_s"] > 0).all()

@@ -207,10 +207,6 @@ class MemoryTracker(TorchDispatchMode):
     def end_step(self) -> None:
         self._step_peaks.append(self._step_peak)
 
-    @property
-    def live_bytes(self) -> int:
-        return self._s.total
-
     # --- result ---------------------------------------------------------------------------------
     def _categorise(self, entries) -> dict:
         out = dict.fromkeys(CATEGORIES, 0)

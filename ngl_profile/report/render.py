@@ -6,7 +6,7 @@ import base64
 import html
 from pathlib import Path
 
-from ..results import RunResult, memory_frame
+from ..results import RunResult, cases_frame, memory_frame
 from . import charts
 from .tables import markdown_table, provenance_line, summary_rows, unit_for
 
@@ -76,7 +76,8 @@ def render_report(runs: list[RunResult], out: Path) -> list[Path]:
     import pandas as pd
 
     pd.concat([memory_frame(r) for r in runs], ignore_index=True).to_csv(out / "results.csv", index=False)
-    return [out / "report.md", out / "report.html", out / "results.csv"] + [p for _, p in made]
+    pd.concat([cases_frame(r) for r in runs], ignore_index=True).to_csv(out / "cases.csv", index=False)
+    return [out / "report.md", out / "report.html", out / "results.csv", out / "cases.csv"] + [p for _, p in made]
 
 
 def _html(runs: list[RunResult], made) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..measure.memory import CATEGORIES
 from ..results import RunResult
 
-__all__ = ["SHORT", "gib", "summary_rows", "rich_summary", "markdown_summary", "markdown_table", "provenance_line", "unit_for"]
+__all__ = ["SHORT", "gib", "summary_rows", "rich_summary", "markdown_table", "provenance_line", "unit_for"]
 
 GiB = 1 << 30
 SHORT = {"weights": "weights", "grads": "grads", "moments": "moments", "quant_stats": "quant",
@@ -90,7 +90,3 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
     return "\n".join(out)
 
-
-def markdown_summary(run: RunResult) -> str:
-    head, rows = summary_rows(run)
-    return markdown_table(head, rows)
