@@ -19,18 +19,14 @@ import torch
 
 from .gpus import CUDA_CONTEXT_BYTES, get_gpu
 from .measure.memory import CATEGORIES, MemoryTracker
-from .measure.timing import PhaseTimer, flops_per_token, model_flops_utilization, tokens_per_second
-from .models import build_model, get_model, make_batch
+from .models import build_model, get_model
 from .results import CaseResult
+from .steps import emit, one_step
+from .throughput import forward_flops, roofline_projection, timed_steps
 
-__all__ = ["run_case", "emit"]
+__all__ = ["run_case"]
 
 TRACKED_STEPS = 2
-
-
-def emit(event: str, **fields) -> None:
-    """A progress line for the parent process (JSON on stdout)."""
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 def _hparams(spec: dict) -> dict:
@@ -45,29 +41,6 @@ def _hparams(spec: dict) -> dict:
     if "rank" in allowed and "galore" in case["name"]:
         hp.setdefault("rank", get_model(scn["model"]).default_rank)
     return hp
-
-
-def _phase_ctx(tracker, timer, name):
-    stack = contextlib.ExitStack()
-    if tracker is not None:
-        stack.enter_context(tracker.phase(name))
-    if timer is not None:
-        stack.enter_context(timer.phase(name))
-    return stack
-
-
-def _one_step(model, opt, scn, device, gen, tracker=None, timer=None) -> None:
-    with _phase_ctx(tracker, timer, "forward"):
-        batch = make_batch(scn["model"], scn["batch_size"], scn["seq_len"], device=device, generator=gen)
-        loss = model(**batch).loss
-    with _phase_ctx(tracker, timer, "backward"):
-        loss.backward()
-    del loss, batch
-    with _phase_ctx(tracker, timer, "optimizer"):
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    if tracker is not None:
-        tracker.tag_optimizer(opt)
 
 
 def _param_counts(model) -> dict:
@@ -123,14 +96,14 @@ def run_case(spec: dict) -> CaseResult:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             t_steps = _tracked_steps(result, model, opt, scn, device, gen, tracker)
-            _forward_flops(result, model, scn, device, gen, tokens)
+            forward_flops(result, model, scn, device, gen, tokens)
             snap = tracker.snapshot()
         _record_memory(result, snap, gpu, cuda, context_bytes, device)
         if estimated:
-            _project(result, gpu, tokens)
+            roofline_projection(result, gpu, tokens)
         else:
             result.step_time_s["first_tracked_step"] = t_steps[0]
-            _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml)
+            timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml)
         result.skipped_updates = int(getattr(opt, "skipped_updates", 0))
     except torch.OutOfMemoryError as e:
         _record_failure(result, "oom", e, tracker, gpu, cuda, context_bytes, device)
@@ -159,7 +132,7 @@ def _tracked_steps(result, model, opt, scn, device, gen, tracker) -> list[float]
         t0 = time.perf_counter()
         counter = FlopCounterMode(display=False) if last else contextlib.nullcontext()
         with tracker, counter:
-            _one_step(model, opt, scn, device, gen, tracker=tracker)
+            one_step(model, opt, scn, device, gen, tracker=tracker)
         if last:
             result.step_flops = float(counter.get_total_flops())
         if device.type == "cuda":
@@ -221,17 +194,6 @@ def _cap_to_target(result, device, target_bytes: int) -> int | None:
     return context
 
 
-def _forward_flops(result, model, scn, device, gen, tokens) -> None:
-    """Model FLOPs per token = 3 × forward FLOPs (backward ≈ 2 × forward; the usual MFU convention,
-    which does not count activation recomputation). Counted under no_grad: no graph, no gradients."""
-    def fwd():
-        with torch.no_grad():
-            batch = make_batch(scn["model"], scn["batch_size"], scn["seq_len"], device=device, generator=gen)
-            model(**batch)
-
-    result.flops_per_token = 3 * flops_per_token(fwd, tokens)
-
-
 def _record_memory(result, snap, gpu, cuda, context_bytes, device) -> None:
     mem = dict(snap.by_category)
     peak = snap.peak_bytes
@@ -279,103 +241,6 @@ def _record_failure(result, status, exc, tracker, gpu, cuda, context_bytes, devi
             result.fits = None
             result.message += f" (this device has {total / 2**30:.1f} GiB, less than {gpu.name}: " \
                               "use --mode estimated to judge the target)"
-
-
-def _timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None:
-    for i in range(scn["warmup"]):
-        emit("step", kind="warmup", i=i + 1, n=scn["warmup"])
-        _one_step(model, opt, scn, device, gen)
-    timer = PhaseTimer(device)
-    per_step = []
-    if nvml is not None:
-        nvml.start()
-    for i in range(scn["steps"]):
-        emit("step", kind="timed", i=i + 1, n=scn["steps"])
-        _one_step(model, opt, scn, device, gen, timer=timer)
-        per_step.append(timer.finish_step())
-    if nvml is not None:
-        result.nvml = nvml.stop()
-    else:
-        result.nvml = {"available": False, "reason": "no CUDA device"}
-    import statistics
-
-    for key in ("forward", "backward", "optimizer", "total"):
-        vals = [s[key] for s in per_step if key in s]
-        if vals:
-            result.step_time_s[key] = statistics.median(vals)
-    result.step_time_s["steps"] = len(per_step)
-    result.tokens_per_s = tokens_per_second(tokens, [s["total"] for s in per_step])
-    _svd_refresh_time(result, opt, device)
-    if device.type == "cuda":
-        from .gpus import match_device_name
-
-        here = match_device_name(torch.cuda.get_device_name(device))
-        peak = here.bf16_tflops if here else None
-        result.step_time_s["mfu_peak_tflops"] = peak
-        result.mfu = model_flops_utilization(result.flops_per_token, result.tokens_per_s, peak)
-        energy = result.nvml.get("energy_j")
-        if energy and result.tokens_per_s:
-            result.nvml["tokens_per_joule"] = tokens * len(per_step) / energy
-    import resource
-
-    # peak resident set of this case's process (Linux reports KiB)
-    result.host_rss_peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _svd_refresh_time(result, opt, device) -> None:
-    """Seconds the projector refresh adds to a step every update_proj_gap steps: one SVD per
-    distinct low-rank shape (the same call our optimizers and galore-torch make, on random data of
-    that shape: its cost does not depend on the values), times how many parameters have it. Timed
-    apart from the steady steps, which a refresh would otherwise hit only once every T steps."""
-    from collections import Counter
-
-    from .optim.projector import clamp_rank, compute_basis, resolve_side
-
-    inner = getattr(opt, "optimizers", None) or [opt]
-    shapes, gaps = Counter(), set()
-    for o in inner:
-        for g in o.param_groups:
-            if g.get("rank") is None:
-                continue
-            gaps.add(g.get("update_proj_gap", 200))
-            for p in g["params"]:
-                if p.dim() >= 2:
-                    side = resolve_side(p.shape, g.get("proj_type", "std"))
-                    shapes[(tuple(p.shape), p.dtype, side, clamp_rank(tuple(p.shape), g["rank"], side))] += 1
-    if not shapes:
-        return
-    total = 0.0
-    try:
-        for (shape, dtype, side, ranks), count in shapes.items():
-            x = torch.randn(shape, device=device).to(dtype)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            compute_basis(x, ranks, side)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            total += (time.perf_counter() - t0) * count
-            del x
-    except torch.OutOfMemoryError:
-        result.step_time_s["svd_refresh"] = None  # no room left for the SVD workspace: not measured
-        return
-    result.step_time_s["svd_refresh"] = total
-    result.step_time_s["svd_refresh_amortized"] = total / min(gaps)
-
-
-def _project(result, gpu, tokens) -> None:
-    """Roofline upper bound for the target GPU: the step's counted FLOPs (forward, backward and the
-    optimizer's projections) at 100 % of its dense bf16 peak, plus one read and write of weights,
-    gradients and optimizer state at full bandwidth."""
-    if not result.step_flops:
-        return
-    m = result.memory_bytes
-    step_bytes = 2 * sum(m[c] for c in ("weights", "grads", "moments", "quant_stats", "projectors", "history"))
-    t = result.step_flops / (gpu.bf16_tflops * 1e12) + step_bytes / (gpu.bandwidth_gbs * 1e9)
-    result.projected = {"tokens_per_s_upper_bound": tokens / t, "gpu": gpu.name,
-                        "assumptions": f"roofline: the step's counted FLOPs (optimizer included) at 100% of "
-                                       f"{gpu.bf16_tflops} TFLOP/s dense bf16, plus 2 × state bytes per step at "
-                                       f"{gpu.bandwidth_gbs} GB/s; an upper bound, not a measurement"}
 
 
 def main() -> int:

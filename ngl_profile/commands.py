@@ -26,7 +26,7 @@ def _check_writable(out: Path) -> None:
 
 
 def run(args) -> int:
-    from .runner import default_out_dir, plan, run_scenario
+    from .runner import default_out_dir, plan
     from .scenario import load_scenario
 
     scn = load_scenario(args.scenario)

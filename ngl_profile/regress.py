@@ -208,7 +208,6 @@ def benchmark_json(run: RunResult) -> list[dict]:
 def compare_runs(runs: list[RunResult], markdown: bool, console) -> int:
     if len(runs) < 2:
         raise ValueError("compare needs at least two results files")
-    ref, others = runs[0], runs[1:]
     ms = [metrics(r) for r in runs]
     names = [f"{r.scenario['name']} ({r.mode}, {r.created_utc or '?'})" for r in runs]
     head = ["optimizer", "metric"] + [f"[{i}]" for i in range(len(runs))] + [f"Δ[{i}]" for i in range(1, len(runs))]

@@ -1,5 +1,4 @@
 """check / compare logic on crafted inputs, and the CI gate on a real change."""
-import copy
 import json
 import subprocess
 import sys

@@ -1,0 +1,39 @@
+"""One training step, optionally inside the memory tracker's and the timer's phases; progress
+events for the parent process. Shared by the tracked steps (case.py) and the timed ones
+(throughput.py)."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+from .models import make_batch
+
+__all__ = ["emit", "one_step"]
+
+
+def emit(event: str, **fields) -> None:
+    """A progress line for the parent process (JSON on stdout)."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _phase_ctx(tracker, timer, name):
+    stack = contextlib.ExitStack()
+    if tracker is not None:
+        stack.enter_context(tracker.phase(name))
+    if timer is not None:
+        stack.enter_context(timer.phase(name))
+    return stack
+
+
+def one_step(model, opt, scn, device, gen, tracker=None, timer=None) -> None:
+    with _phase_ctx(tracker, timer, "forward"):
+        batch = make_batch(scn["model"], scn["batch_size"], scn["seq_len"], device=device, generator=gen)
+        loss = model(**batch).loss
+    with _phase_ctx(tracker, timer, "backward"):
+        loss.backward()
+    del loss, batch
+    with _phase_ctx(tracker, timer, "optimizer"):
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    if tracker is not None:
+        tracker.tag_optimizer(opt)
