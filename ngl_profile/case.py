@@ -35,10 +35,10 @@ def _hparams(spec: dict) -> dict:
 
     case, scn = spec["case"], spec["scenario"]
     hp = dict(case["hparams"])
-    allowed = OPTIMIZERS[case["name"]].hparams
-    if "lr" in allowed:
+    spec = OPTIMIZERS[case["name"]]
+    if "lr" in spec.hparams:
         hp.setdefault("lr", scn["lr"])
-    if "rank" in allowed and "galore" in case["name"]:
+    if spec.low_rank:
         hp.setdefault("rank", get_model(scn["model"]).default_rank)
     return hp
 

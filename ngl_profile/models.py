@@ -7,9 +7,12 @@ never needs to know whether it is a causal LM or a sequence classifier.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import contextlib
+
 import torch
 from torch import nn
 
+from .dtypes import default_dtype
 from .registry import unique
 
 __all__ = ["MODELS", "ModelSpec", "get_model", "build_model", "make_batch", "approx_parameters"]
@@ -100,16 +103,8 @@ def build_model(name: str, dtype: torch.dtype = torch.float32, checkpointing: bo
         cfg.hidden_dropout_prob = cfg.attention_probs_dropout_prob = 0.0
     else:
         from transformers import LlamaForCausalLM as cls
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        if device is None:
-            model = cls(cfg)
-        else:
-            with torch.device(device):
-                model = cls(cfg)
-    finally:
-        torch.set_default_dtype(previous)
+    with default_dtype(dtype), (torch.device(device) if device is not None else contextlib.nullcontext()):
+        model = cls(cfg)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

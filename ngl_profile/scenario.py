@@ -54,13 +54,10 @@ class OptimizerCase:
         spec = OPTIMIZERS.get(self.name)
         if spec is None:
             raise ValueError(f"name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
-        unknown = sorted(set(self.hparams) - set(spec.hparams))
-        if unknown:
-            raise ValueError(f"optimizer {self.name!r} takes no {', '.join(unknown)}; "
-                             f"it takes: name, label, {', '.join(spec.hparams)}")
+        spec.check_hparams(self.hparams, also=("name", "label"))
         self.label = self.label or self.name
         low_rank = {k: v for k, v in self.hparams.items() if k in LOW_RANK_DEFAULTS or k == "rank"}
-        if low_rank and "galore" in self.name:
+        if low_rank and spec.low_rank:
             _validate_low_rank({**LOW_RANK_DEFAULTS, "rank": 1, **low_rank})  # raises with the key named
         for key in ("lr", "weight_decay"):
             v = self.hparams.get(key, 0.0)

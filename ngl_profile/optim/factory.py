@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..dtypes import default_dtype
 from ..registry import unique
 from .layerwise import LayerwiseOptimizer
 from .optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
@@ -49,6 +50,14 @@ class OptimizerSpec:
     make: Callable[[nn.Module, dict], tuple[list, Callable[[list], torch.optim.Optimizer]]]
     """(model, hparams) → (param groups, groups → optimizer); the split lets -layerwise reuse it."""
     layerwise: bool = True
+    low_rank: bool = False
+    """GaLore-style projection: its `rank` is a projection rank (LoRA's is an adapter rank)"""
+
+    def check_hparams(self, hparams, also: tuple[str, ...] = ()) -> None:
+        unknown = sorted(set(hparams) - set(self.hparams))
+        if unknown:
+            raise ValueError(f"optimizer {self.name!r} takes no {', '.join(unknown)}; "
+                             f"it takes: {', '.join(also + self.hparams)}")
 
 
 def _plain(cls_path: str, keys: tuple[str, ...]):
@@ -125,13 +134,8 @@ def _lora(model, hp):
         # skip those moves and create the adapters in the base weights' dtype, as .to() would.
         from unittest import mock
 
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(matrices[0].dtype)
-        try:
-            with mock.patch.object(nn.Module, "to", lambda self, *a, **k: self):
-                inject_adapter_in_model(config, model)
-        finally:
-            torch.set_default_dtype(previous)
+        with default_dtype(matrices[0].dtype), mock.patch.object(nn.Module, "to", lambda self, *a, **k: self):
+            inject_adapter_in_model(config, model)
     else:
         inject_adapter_in_model(config, model)  # in place: the caller's model now trains the adapters
     for name, p in model.named_parameters():
@@ -150,19 +154,19 @@ _SPECS = [
     OptimizerSpec("adafactor", "transformers' Adafactor (factored second moment), fixed lr", _ADAFACTOR,
                   _plain("transformers.optimization.Adafactor", ("lr", "beta1", "weight_decay"))),
     OptimizerSpec("galore", "GaLore AdamW (ours, history_size 0)", _ADAM + _GALORE,
-                  _low_rank(NaturalGaLoreAdamW, False, _ADAM)),
+                  _low_rank(NaturalGaLoreAdamW, False, _ADAM), low_rank=True),
     OptimizerSpec("galore-8bit", "GaLore with 8-bit Adam moments (ours, history_size 0)", _ADAM + _GALORE,
-                  _low_rank(NaturalGaLoreAdamW8bit, False, _ADAM)),
+                  _low_rank(NaturalGaLoreAdamW8bit, False, _ADAM), low_rank=True),
     OptimizerSpec("galore-adafactor", "GaLore with Adafactor moments (ours, history_size 0)",
-                  _ADAFACTOR + _GALORE, _low_rank(NaturalGaLoreAdafactor, False, _ADAFACTOR)),
+                  _ADAFACTOR + _GALORE, _low_rank(NaturalGaLoreAdafactor, False, _ADAFACTOR), low_rank=True),
     OptimizerSpec("natural-galore", "Natural GaLore, AdamW moments", _ADAM + _NATURAL,
-                  _low_rank(NaturalGaLoreAdamW, True, _ADAM)),
+                  _low_rank(NaturalGaLoreAdamW, True, _ADAM), low_rank=True),
     OptimizerSpec("natural-galore-8bit", "Natural GaLore, 8-bit Adam moments", _ADAM + _NATURAL,
-                  _low_rank(NaturalGaLoreAdamW8bit, True, _ADAM)),
+                  _low_rank(NaturalGaLoreAdamW8bit, True, _ADAM), low_rank=True),
     OptimizerSpec("natural-galore-adafactor", "Natural GaLore, Adafactor moments", _ADAFACTOR + _NATURAL,
-                  _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR)),
+                  _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR), low_rank=True),
     OptimizerSpec("galore-torch", "the published galore-torch GaLoreAdamW (extra 'peers')",
-                  _ADAM + _GALORE_TORCH, _galore_torch),
+                  _ADAM + _GALORE_TORCH, _galore_torch, low_rank=True),
     OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,
                   layerwise=False),
 ]
@@ -174,7 +178,7 @@ def _with_layerwise(specs):
         if spec.layerwise:
             yield spec.name + LAYERWISE_SUFFIX, OptimizerSpec(
                 spec.name + LAYERWISE_SUFFIX, spec.description + ", stepped per layer during backward",
-                spec.hparams + ("accumulation_steps",), spec.make, False)
+                spec.hparams + ("accumulation_steps",), spec.make, False, spec.low_rank)
 
 
 OPTIMIZERS = unique(_with_layerwise(_SPECS), "optimizer")
@@ -189,10 +193,7 @@ def build(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:
     spec = OPTIMIZERS.get(name)
     if spec is None:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
-    unknown = sorted(set(hparams) - set(spec.hparams))
-    if unknown:
-        raise ValueError(f"optimizer {name!r} takes no {', '.join(unknown)}; "
-                         f"it takes: {', '.join(spec.hparams)}")
+    spec.check_hparams(hparams)
     accumulation = hparams.pop("accumulation_steps", 1)
     groups, make = spec.make(model, hparams)
     groups = [g for g in groups if g["params"]]
