@@ -31,7 +31,7 @@ HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": 
 # the transient is ≤ 64 MiB. Larger slices mean fewer kernel launches (and a faster estimator).
 _CHUNK_ELEMENTS = 1 << 23
 # λ, then 1e3·λ, then 1e6·λ if the factorisation fails (bounded; see solve)
-_DAMPING_TIERS = (1.0, 1e3, 1e6)
+_N_TIERS, _TIER_FACTOR = 3, 1e3
 
 
 def _host_bool(t: torch.Tensor) -> bool:
@@ -126,16 +126,19 @@ def solve(state: dict, damping: float) -> torch.Tensor:
     newest = (state["history_head"] - 1) % state["history"].shape[0]
     gram = state["gram"][:n, :n]
     eye = torch.eye(n, dtype=torch.float64, device=gram.device)
-    lams = damping * torch.tensor(_DAMPING_TIERS, dtype=torch.float64, device=gram.device)
+    # λ·[1, 10³, 10⁶] made on the device by a fill and a cumprod: torch.tensor(list, device=cuda)
+    # would be a host→device copy per parameter and step, undoing a solve that reads nothing back
+    lams = torch.full((_N_TIERS,), _TIER_FACTOR, dtype=torch.float64, device=gram.device).cumprod(0)
+    lams = lams / _TIER_FACTOR * damping  # [1, 1e3, 1e6] exactly, then λ: tier 0 is λ to the bit
     chol, info = torch.linalg.cholesky_ex(gram + lams[:, None, None] * eye)  # tiers × n × n
     e = eye[:, newest : newest + 1]
-    w_tiers = torch.cholesky_solve(e.expand(len(_DAMPING_TIERS), n, 1), chol).squeeze(-1)
+    w_tiers = torch.cholesky_solve(e.expand(_N_TIERS, n, 1), chol).squeeze(-1)
     ok = info == 0
     first = torch.argmax(ok.to(torch.int8))  # the smallest λ that factored (0 if none did)
     # none factored (impossible with finite gradients, but never NaN): the λ → ∞ limit, g_t / λ
     chosen = torch.index_select(w_tiers, 0, first.reshape(1)).squeeze(0)  # no host read, unlike w[first]
     w = torch.where(ok.any(), chosen, e.squeeze(1) / lams[-1])
-    state["damping_backoffs"] += torch.where(ok.any(), first, len(_DAMPING_TIERS)).to(torch.int64)
+    state["damping_backoffs"] += torch.where(ok.any(), first, _N_TIERS).to(torch.int64)
     w32 = w.float()
     buf = state["history"]
     if buf.dtype == torch.float32:  # stored as computed: one mat-vec, no copy of the window
