@@ -67,9 +67,9 @@ def timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None
 
 def svd_refresh_time(result, opt, device) -> None:
     """Seconds the projector refresh adds to a step every update_proj_gap steps: one SVD per
-    distinct low-rank shape (the same call our optimizers and galore-torch make, on random data of
-    that shape: its cost does not depend on the values), times how many parameters have it. Timed
-    apart from the steady steps, which a refresh would otherwise hit only once every T steps."""
+    distinct low-rank shape and SVD method (the call our optimizers and galore-torch make, on
+    random data of that shape: its cost does not depend on the values), times how many parameters
+    have it. Timed apart from the steady steps, which a refresh hits only once every T steps."""
     from collections import Counter
 
     from .optim.projector import clamp_rank, compute_basis, resolve_side
@@ -84,17 +84,18 @@ def svd_refresh_time(result, opt, device) -> None:
             for p in g["params"]:
                 if p.dim() >= 2:
                     side = resolve_side(p.shape, g.get("proj_type", "std"))
-                    shapes[(tuple(p.shape), p.dtype, side, clamp_rank(tuple(p.shape), g["rank"], side))] += 1
+                    ranks = clamp_rank(tuple(p.shape), g["rank"], side)
+                    shapes[(tuple(p.shape), p.dtype, side, ranks, g.get("svd", "full"))] += 1
     if not shapes:
         return
     total = 0.0
     try:
-        for (shape, dtype, side, ranks), count in shapes.items():
+        for (shape, dtype, side, ranks, method), count in shapes.items():
             x = torch.randn(shape, device=device).to(dtype)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            compute_basis(x, ranks, side)
+            compute_basis(x, ranks, side, method)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             total += (time.perf_counter() - t0) * count

@@ -127,3 +127,18 @@ def test_cuda_accounting_slack_and_context(monkeypatch):
     assert r.memory_bytes["allocator_slack"] == 2 * GiB and r.memory_bytes["context"] == GiB // 2
     assert r.peak_bytes == sum(r.memory_bytes.values()) == 20 * GiB + GiB // 2
     assert r.fits and r.headroom_bytes == 24 * GiB - r.peak_bytes  # no 512 MiB assumption on top
+
+
+def test_svd_refresh_timing_uses_the_groups_svd_method(monkeypatch):
+    import ngl_profile.optim.projector as projector
+
+    methods = []
+    real = projector.compute_basis
+
+    def spy(grad, ranks, side, method="full", seed=0):
+        methods.append(method)
+        return real(grad, ranks, side, method, seed)
+
+    monkeypatch.setattr(projector, "compute_basis", spy)
+    run_case(case_spec("galore", rank=8, svd="lowrank"))
+    assert methods and set(methods) == {"lowrank"}
