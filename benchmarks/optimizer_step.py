@@ -30,20 +30,29 @@ def block_shapes(model: str) -> list[tuple[int, int]]:
 
 class OfficialStyle(NaturalGaLoreAdamW):
     """The official code's way, for timing only: the history list is stacked into G every step and
-    the printed formula is evaluated in float32 (numerically meaningless at LLM gradient norms)."""
+    the printed formula is evaluated in float32 (numerically meaningless at LLM gradient norms).
+    Built with history_size 0 (plain GaLore) plus this correction on the projected gradient."""
 
-    @staticmethod
-    def _natural(state, group, g):
+    def __init__(self, params, history_size: int, **kwargs):
+        super().__init__(params, **kwargs)
+        self.history_size = history_size
+
+    def _finish(self, p, group, g, low_rank):
+        if low_rank:
+            g = self._official(self.state[p], g)
+        super()._finish(p, group, g, low_rank)
+
+    def _official(self, state, g):
         hist = state.setdefault("hist_list", [])
         hist.append(g.reshape(-1).clone())
-        del hist[: -group["history_size"]]
-        G = torch.stack(hist, dim=1)  # k×s, rebuilt every step
-        lam = group["damping"]
+        del hist[: -self.history_size]
+        G = torch.stack(hist, dim=1).float()  # k×s, rebuilt every step (solve needs float32)
+        lam = 1e-3
         S = lam * torch.eye(G.shape[1]) + G.t() @ G
         # solve_ex: with the benchmark's repeated gradient S is singular in float32 and solve() raises
         # (ours: float64 Gram + Cholesky with damping backoff); this class is only timed
         z = torch.linalg.solve_ex(S, G.t() @ G[:, -1])[0]
-        return ((G[:, -1] - G @ z) / lam).view(g.shape)
+        return ((G[:, -1] - G @ z) / lam).view(g.shape).to(g.dtype)
 
 
 def candidates(rank: int, gap: int):
@@ -53,7 +62,7 @@ def candidates(rank: int, gap: int):
 
     def official(ps):
         return OfficialStyle([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
-                               "history_size": 10}], lr=1e-3)
+                               "history_size": 0}], history_size=10, lr=1e-3)
 
     out = {"adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3), "galore (ours, s=0)": ours(0),
            "natural-galore (s=10)": ours(10), "natural-galore lowrank": ours(10, "lowrank"),
@@ -81,15 +90,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and gradients (bfloat16: the paper's training dtype)")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
     shapes = block_shapes(args.model)
-    grads = [torch.randn(s, device=device) for s in shapes]
+    dtype = getattr(torch, args.dtype)
+    grads = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
     gap = 10**9  # steady state: the refresh happens once, on the first (warm-up) step
     runs = {}
     for name, make in candidates(args.rank, gap).items():
-        ps = [torch.nn.Parameter(torch.randn(s, device=device)) for s in shapes]
+        ps = [torch.nn.Parameter(torch.randn(s, device=device, dtype=dtype)) for s in shapes]
         opt = make(ps)
         for p, g in zip(ps, grads):
             p.grad = g
@@ -107,7 +119,7 @@ def main() -> None:
             sync(device)
             run["times"].append((time.perf_counter() - t0) / args.steps)
     med = {n: statistics.median(r["times"]) for n, r in runs.items()}
-    print(f"{args.model} block matrices ({len(shapes)}), rank {args.rank}, device {device}, "
+    print(f"{args.model} block matrices ({len(shapes)}), {args.dtype}, rank {args.rank}, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} rounds "
           f"× {args.steps} steps")
     print(f"{'optimizer':<24}{'s/step':>10}{'× galore-torch':>16}{'× adamw':>10}{'first step (SVD) s':>20}")

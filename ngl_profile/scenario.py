@@ -62,6 +62,8 @@ class OptimizerCase:
         for key in ("lr", "weight_decay"):
             v = self.hparams.get(key, 0.0)
             _require(isinstance(v, (int, float)) and v >= 0, key, v, "a number ≥ 0")
+        v = self.hparams.get("compile", True)
+        _require(isinstance(v, bool), "compile", v, "true or false")
 
 
 @dataclass(kw_only=True, slots=True)

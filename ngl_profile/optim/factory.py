@@ -28,6 +28,7 @@ _GALORE_TORCH = ("rank", "update_proj_gap", "scale", "proj_type")
 _GALORE = _GALORE_TORCH + ("svd",)
 _NATURAL = _GALORE + ("history_size", "damping", "history_dtype", "on_subspace_change")
 _LORA = ("rank", "lora_alpha", "lora_dropout", "lr", "weight_decay")
+_OURS = ("compile",)  # ngl_profile.optim's fused kernels on/off (kernels.py)
 LAYERWISE_SUFFIX = "-layerwise"
 
 
@@ -153,18 +154,19 @@ _SPECS = [
                   _plain("bitsandbytes.optim.AdamW8bit", _ADAM)),
     OptimizerSpec("adafactor", "transformers' Adafactor (factored second moment), fixed lr", _ADAFACTOR,
                   _plain("transformers.optimization.Adafactor", ("lr", "beta1", "weight_decay"))),
-    OptimizerSpec("galore", "GaLore AdamW (ours, history_size 0)", _ADAM + _GALORE,
-                  _low_rank(NaturalGaLoreAdamW, False, _ADAM), low_rank=True),
-    OptimizerSpec("galore-8bit", "GaLore with 8-bit Adam moments (ours, history_size 0)", _ADAM + _GALORE,
-                  _low_rank(NaturalGaLoreAdamW8bit, False, _ADAM), low_rank=True),
+    OptimizerSpec("galore", "GaLore AdamW (ours, history_size 0)", _ADAM + _GALORE + _OURS,
+                  _low_rank(NaturalGaLoreAdamW, False, _ADAM + _OURS), low_rank=True),
+    OptimizerSpec("galore-8bit", "GaLore with 8-bit Adam moments (ours, history_size 0)", _ADAM + _GALORE + _OURS,
+                  _low_rank(NaturalGaLoreAdamW8bit, False, _ADAM + _OURS), low_rank=True),
     OptimizerSpec("galore-adafactor", "GaLore with Adafactor moments (ours, history_size 0)",
-                  _ADAFACTOR + _GALORE, _low_rank(NaturalGaLoreAdafactor, False, _ADAFACTOR), low_rank=True),
-    OptimizerSpec("natural-galore", "Natural GaLore, AdamW moments", _ADAM + _NATURAL,
-                  _low_rank(NaturalGaLoreAdamW, True, _ADAM), low_rank=True),
-    OptimizerSpec("natural-galore-8bit", "Natural GaLore, 8-bit Adam moments", _ADAM + _NATURAL,
-                  _low_rank(NaturalGaLoreAdamW8bit, True, _ADAM), low_rank=True),
-    OptimizerSpec("natural-galore-adafactor", "Natural GaLore, Adafactor moments", _ADAFACTOR + _NATURAL,
-                  _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR), low_rank=True),
+                  _ADAFACTOR + _GALORE + _OURS,
+                  _low_rank(NaturalGaLoreAdafactor, False, _ADAFACTOR + _OURS), low_rank=True),
+    OptimizerSpec("natural-galore", "Natural GaLore, AdamW moments", _ADAM + _NATURAL + _OURS,
+                  _low_rank(NaturalGaLoreAdamW, True, _ADAM + _OURS), low_rank=True),
+    OptimizerSpec("natural-galore-8bit", "Natural GaLore, 8-bit Adam moments", _ADAM + _NATURAL + _OURS,
+                  _low_rank(NaturalGaLoreAdamW8bit, True, _ADAM + _OURS), low_rank=True),
+    OptimizerSpec("natural-galore-adafactor", "Natural GaLore, Adafactor moments", _ADAFACTOR + _NATURAL + _OURS,
+                  _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR + _OURS), low_rank=True),
     OptimizerSpec("galore-torch", "the published galore-torch GaLoreAdamW (extra 'peers')",
                   _ADAM + _GALORE_TORCH, _galore_torch, low_rank=True),
     OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,

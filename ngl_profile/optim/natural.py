@@ -22,8 +22,10 @@ from __future__ import annotations
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-__all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "solve", "rotate_window",
-           "all_finite"]
+from . import kernels
+
+__all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "weights", "combine", "solve",
+           "rotate_window", "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 # The window is read in slices of at most this many elements (all columns together), so the float64
@@ -43,9 +45,13 @@ def _host_bool(t: torch.Tensor) -> bool:
 
 
 def all_finite(x: torch.Tensor) -> bool:
-    # A float64 sum is finite iff every entry is (fp32/bf16 inputs cannot overflow it), and it
-    # is one pass where isfinite().all() is four.
-    return _host_bool(torch.isfinite(x.sum(dtype=torch.float64)))
+    """False if x holds NaN or ±inf — or if its sum overflows float32 (|Σx| > 3.4e38).
+
+    One pass, where isfinite().all() is four. The overflow case is a skip worth having: it needs
+    entries ≥ 3.4e38/numel, whose squares already overflow Adam's second moment. A float64 sum
+    would tell the two apart but costs 3× the float32 one (~2 ms of a llama-60m step, 2 cores).
+    """
+    return _host_bool(torch.isfinite(x.sum(dtype=torch.float32)))
 
 
 def init_window(state: dict, k: int, s: int, storage: str, device: torch.device) -> None:
@@ -89,65 +95,112 @@ def _slices(k: int, n: int):
     return ((lo, min(k, lo + step)) for lo in range(0, k, step))
 
 
-def _gram_update(state: dict, slot: int, n: int) -> None:
+def _gram_update(state: dict, slot: int, n: int, compiled: bool = False) -> None:
     """Recompute row/column `slot` of GᵀG over the n filled slots, in float64.
 
     float64 because S = λI + GᵀG is as ill-conditioned as consecutive gradients are alike: a
     float32 Gram row (relative error ~1e-6) moved g̃ by 0.3 % at condition number 8e3 and made
     S indefinite for repeated gradients; float32 products are exact in float64.
     """
-    k = state["history"].shape[1]
-    row = torch.zeros(n, dtype=torch.float64, device=state["gram"].device)
-    for lo, hi in _slices(k, n):
-        c = _columns(state, slice(0, n), lo, hi, torch.float64)  # n × slice
-        row += c @ c[slot]
+    buf, scale = state["history"], state.get("history_scale")
+    row = None
+    if compiled:  # one pass over the window, no float64 copy of it (kernels.py)
+        # the whole buffer, not its n filled rows: one compiled kernel per window shape, not
+        # one per fill level; unfilled rows are never read back (the Gram matrix uses [:n])
+        row = kernels.gram_row(buf, scale, buf[slot], None if scale is None else scale[slot])
+        row = None if row is None else row[:n]
+    if row is None:
+        row = torch.zeros(n, dtype=torch.float64, device=state["gram"].device)
+        for lo, hi in _slices(buf.shape[1], n):
+            c = _columns(state, slice(0, n), lo, hi, torch.float64)  # n × slice
+            row += c @ c[slot]
     state["gram"][slot, :n] = row
     state["gram"][:n, slot] = row
 
 
-def push(state: dict, g: torch.Tensor) -> None:
-    """Append the flattened projected gradient g (length k) as the newest column."""
+def push(state: dict, g: torch.Tensor, compiled: bool = False) -> None:
+    """Append the flattened projected gradient g (length k) as the newest column.
+
+    compiled: compute the new Gram row with the compiled kernel (falls back to eager if it can't)."""
     s = state["history"].shape[0]
     slot = state["history_head"]
     _store(state, slot, g)
     state["history_count"] = min(state["history_count"] + 1, s)
     state["history_head"] = (slot + 1) % s
-    _gram_update(state, slot, state["history_count"])
+    _gram_update(state, slot, state["history_count"], compiled)
+
+
+def weights(states: list[dict], dampings: list[float]) -> list[torch.Tensor]:
+    """w with (λI + GᵀG) w = e_newest for every window: float64, one entry per slot (length s),
+    0 for slots not filled yet.
+
+    Windows with the same size, fill, newest slot, λ and device (normally every matrix of a
+    model) are solved together: one batched factorisation instead of ~20 tiny ops per matrix,
+    which were ~10 ms of a llama-60m step on 2 cores and would be ~20 kernel launches per matrix
+    on a GPU. Each system is factored at every damping tier at once (`cholesky_ex`) and the first
+    tier that factors is taken with `torch.where`: a failed factorisation raises λ instead of
+    giving NaN, and nothing is read back to the host.
+    """
+    out: list[torch.Tensor | None] = [None] * len(states)
+    batches: dict[tuple, list[int]] = {}
+    for i, (st, lam) in enumerate(zip(states, dampings)):
+        s, n = st["history"].shape[0], st["history_count"]
+        key = (s, n, (st["history_head"] - 1) % s, float(lam), st["gram"].device)
+        batches.setdefault(key, []).append(i)
+    for (s, n, newest, lam, device), idx in batches.items():
+        grams = torch.stack([states[i]["gram"][:n, :n] for i in idx])  # P×n×n
+        w, tiers = _solve_tiers(grams, newest, lam)
+        torch._foreach_add_([states[i]["damping_backoffs"] for i in idx], list(tiers.unbind(0)))
+        if n < s:
+            w = torch.cat([w, w.new_zeros(len(idx), s - n)], dim=1)
+        for i, w_i in zip(idx, w.unbind(0)):
+            out[i] = w_i
+    return out
+
+
+def _solve_tiers(grams: torch.Tensor, newest: int, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(w: P×n, damping tiers climbed: P) for P Gram matrices with the same newest slot."""
+    P, n, _ = grams.shape
+    eye = torch.eye(n, dtype=torch.float64, device=grams.device)
+    # λ·[1, 10³, 10⁶] made on the device by a fill and a cumprod: torch.tensor(list, device=cuda)
+    # would be a host→device copy per step, undoing a solve that reads nothing back
+    lams = torch.full((_N_TIERS,), _TIER_FACTOR, dtype=torch.float64, device=grams.device).cumprod(0)
+    lams = lams / _TIER_FACTOR * damping  # [1, 1e3, 1e6] exactly, then λ: tier 0 is λ to the bit
+    chol, info = torch.linalg.cholesky_ex(grams[:, None] + lams[:, None, None] * eye)  # P×tiers×n×n
+    e = eye[:, newest : newest + 1]
+    w_tiers = torch.cholesky_solve(e.expand(P, _N_TIERS, n, 1), chol).squeeze(-1)  # P×tiers×n
+    ok = info == 0
+    first = torch.argmax(ok.to(torch.int8), dim=1)  # the smallest λ that factored (0 if none did)
+    chosen = torch.gather(w_tiers, 1, first[:, None, None].expand(P, 1, n)).squeeze(1)  # no host read
+    factored = ok.any(dim=1)
+    # none factored (impossible with finite gradients, but never NaN): the λ → ∞ limit, g_t / λ
+    w = torch.where(factored[:, None], chosen, e.squeeze(1) / lams[-1])
+    return w, torch.where(factored, first, _N_TIERS).to(torch.int64)
+
+
+def combine(state: dict, w: torch.Tensor, compiled: bool = False,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """g̃ = G w over the window (w from `weights`, one entry per slot), summed in float32 and
+    returned as `dtype` (the compiled kernel writes it so, without a float32 copy); length k."""
+    buf, scale = state["history"], state.get("history_scale")
+    w32 = w.float()
+    if compiled:  # every slot, w = 0 for unfilled ones: one kernel per window shape (kernels.py)
+        out = kernels.combine(buf, scale, w32, dtype)
+        if out is not None:
+            return out
+    n = state["history_count"]
+    if buf.dtype == torch.float32:  # stored as computed: one mat-vec, no copy of the window
+        return torch.mv(buf[:n].t(), w32[:n]).to(dtype)
+    k = buf.shape[1]
+    out = torch.empty(k, dtype=torch.float32, device=buf.device)
+    for lo, hi in _slices(k, n):
+        out[lo:hi].copy_(torch.mv(_columns(state, slice(0, n), lo, hi, torch.float32).t(), w32[:n]))
+    return out.to(dtype)
 
 
 def solve(state: dict, damping: float) -> torch.Tensor:
-    """g̃ = G w with (λI + GᵀG) w = e_newest; float32 result of length k.
-
-    Needs a pushed column. The s×s system is factored at every damping tier at once (one batched
-    `cholesky_ex`, a few s×s matrices) and the first tier that factors is taken with `torch.where`:
-    a failed factorisation raises λ instead of giving NaN, and nothing is read back to the host.
-    """
-    n = state["history_count"]
-    newest = (state["history_head"] - 1) % state["history"].shape[0]
-    gram = state["gram"][:n, :n]
-    eye = torch.eye(n, dtype=torch.float64, device=gram.device)
-    # λ·[1, 10³, 10⁶] made on the device by a fill and a cumprod: torch.tensor(list, device=cuda)
-    # would be a host→device copy per parameter and step, undoing a solve that reads nothing back
-    lams = torch.full((_N_TIERS,), _TIER_FACTOR, dtype=torch.float64, device=gram.device).cumprod(0)
-    lams = lams / _TIER_FACTOR * damping  # [1, 1e3, 1e6] exactly, then λ: tier 0 is λ to the bit
-    chol, info = torch.linalg.cholesky_ex(gram + lams[:, None, None] * eye)  # tiers × n × n
-    e = eye[:, newest : newest + 1]
-    w_tiers = torch.cholesky_solve(e.expand(_N_TIERS, n, 1), chol).squeeze(-1)
-    ok = info == 0
-    first = torch.argmax(ok.to(torch.int8))  # the smallest λ that factored (0 if none did)
-    # none factored (impossible with finite gradients, but never NaN): the λ → ∞ limit, g_t / λ
-    chosen = torch.index_select(w_tiers, 0, first.reshape(1)).squeeze(0)  # no host read, unlike w[first]
-    w = torch.where(ok.any(), chosen, e.squeeze(1) / lams[-1])
-    state["damping_backoffs"] += torch.where(ok.any(), first, _N_TIERS).to(torch.int64)
-    w32 = w.float()
-    buf = state["history"]
-    if buf.dtype == torch.float32:  # stored as computed: one mat-vec, no copy of the window
-        return torch.mv(buf[:n].t(), w32)
-    k = buf.shape[1]
-    out = torch.empty(k, dtype=torch.float32, device=gram.device)
-    for lo, hi in _slices(k, n):
-        out[lo:hi].copy_(torch.mv(_columns(state, slice(0, n), lo, hi, torch.float32).t(), w32))
-    return out
+    """g̃ = (λI + GGᵀ)⁻¹ g_t = G w for one window (needs a pushed column); float32, length k."""
+    return combine(state, weights([state], [damping])[0])
 
 
 def rotate_window(state: dict, change_basis) -> None:

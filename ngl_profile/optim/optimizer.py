@@ -15,7 +15,7 @@ from itertools import chain
 
 import torch
 
-from . import natural
+from . import kernels, natural
 from .projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
                         projected_shape, resolve_side, rotate)
 from .rules import Adam8bitRule, AdafactorRule, AdamRule
@@ -68,6 +68,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
 
     def __init__(self, params, defaults: dict):
         _check(defaults["lr"] >= 0, "lr", defaults["lr"], "≥ 0")
+        _check(isinstance(defaults["compile"], bool), "compile", defaults["compile"], "true or false")
         _check(defaults["weight_decay"] >= 0, "weight_decay", defaults["weight_decay"], "≥ 0")
         self._rank_warned = False
         super().__init__(params, defaults)
@@ -96,8 +97,17 @@ class _NaturalGaLore(torch.optim.Optimizer):
             # on a GPU every host read stalls the launch queue: one read for the whole step (one
             # extra pass over the gradients, cheap at HBM bandwidth) instead of one per parameter
             verdicts = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite().tolist()
+        waiting = []  # pushed into their windows, waiting for the batched solve
         for (p, group), finite in zip(live, verdicts):
-            self._step_param(p, group, finite)
+            g = self._begin(p, group, finite)
+            if g is not None:
+                waiting.append((p, group, g.shape, g.dtype))
+        if waiting:
+            ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting])
+            for (p, group, shape, dtype), w in zip(waiting, ws):
+                compiled = kernels.compile_enabled(group["compile"], w.device)
+                g_tilde = natural.combine(self.state[p], w, compiled, dtype).view(shape)
+                self._finish(p, group, g_tilde, low_rank=True)
         return loss
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
@@ -111,8 +121,12 @@ class _NaturalGaLore(torch.optim.Optimizer):
             return self.whole_step_check
         return live[0][0].grad.is_cuda and len(live) > 1
 
-    def _step_param(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> None:
-        """`finite`: the step's verdict on this gradient, if already known; None: check it here."""
+    def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> torch.Tensor | None:
+        """Project ∇ and, with a window, push g_t and return it (its update waits for the step's
+        batched solve); without one, update p right away and return None.
+
+        `finite`: the step's verdict on this gradient, if already known; None: check it here.
+        """
         if p.grad.is_sparse:
             raise RuntimeError("Natural GaLore does not support sparse gradients")
         state = self.state[p]
@@ -120,19 +134,28 @@ class _NaturalGaLore(torch.optim.Optimizer):
             state["step"] = 0
             state["nonfinite_skips"] = 0
         low_rank = group.get("rank") is not None and p.dim() >= 2
-        side = resolve_side(p.shape, group["proj_type"]) if low_rank else None
         # A non-finite entry of ∇ reaches its projection (inf·x = ±inf, inf·0 = NaN), so for a
         # low-rank parameter checking the small projected g is enough: no extra pass over ∇.
         # Either way a host sync per parameter: the price of never updating with NaN.
         if finite is False:
             state["nonfinite_skips"] += 1
-            return
+            return None
+        side = resolve_side(p.shape, group["proj_type"]) if low_rank else None
         g = self._project(p, state, group, side, checked=finite) if low_rank else p.grad
         if g is None or (finite is None and not natural.all_finite(g)):
             state["nonfinite_skips"] += 1
-            return
+            return None
         if low_rank and group["history_size"] > 0:
-            g = self._natural(state, group, g)
+            if "history" not in state:
+                natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
+            natural.push(state, g.reshape(-1), kernels.compile_enabled(group["compile"], g.device))
+            return g
+        self._finish(p, group, g, low_rank)
+        return None
+
+    def _finish(self, p: torch.Tensor, group: dict, g: torch.Tensor, low_rank: bool) -> None:
+        """Moments, then p ← p − lr·c·scale·project_back(N) and the decoupled weight decay."""
+        state = self.state[p]
         if state["step"] == 0:
             self.rule.init(state, g, group)
         state["step"] += 1
@@ -141,6 +164,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if low_rank or not (fused and fused(p, state, group, t)):
             n, c = self.rule.direction(state, g, group, t)
             if low_rank:
+                side = resolve_side(p.shape, group["proj_type"])
                 add_projected_back(p, n, self._basis(state), side, -group["lr"] * c * group["scale"])
             else:
                 p.add_(n, alpha=-group["lr"] * c)
@@ -172,14 +196,6 @@ class _NaturalGaLore(torch.optim.Optimizer):
         return project(grad, self._basis(state), side)
 
     @staticmethod
-    def _natural(state: dict, group: dict, g: torch.Tensor) -> torch.Tensor:
-        """g̃ = (λI + GGᵀ)⁻¹ g_t over the window, g_t pushed first (natural.py)."""
-        if "history" not in state:
-            natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
-        natural.push(state, g.reshape(-1))
-        return natural.solve(state, group["damping"]).view(g.shape).to(g.dtype)
-
-    @staticmethod
     def _on_subspace_change(state, group, side, old, new, ranks, shape) -> None:
         policy = group["on_subspace_change"]
         if policy == "reset":
@@ -208,10 +224,11 @@ class NaturalGaLoreAdamW(_NaturalGaLore):
     rule = AdamRule()
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, compile: bool = True):
         _check(all(0 <= b < 1 for b in betas), "betas", betas, "in [0, 1)")
         _check(eps >= 0, "eps", eps, "≥ 0")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      compile=compile))
 
 
 class NaturalGaLoreAdamW8bit(NaturalGaLoreAdamW):
@@ -226,8 +243,9 @@ class NaturalGaLoreAdafactor(_NaturalGaLore):
     rule = AdafactorRule()
 
     def __init__(self, params, lr: float = 1e-2, beta1: float | None = None, decay_rate: float = -0.8,
-                 clip_threshold: float = 1.0, eps: float = 1e-30, weight_decay: float = 0.0):
+                 clip_threshold: float = 1.0, eps: float = 1e-30, weight_decay: float = 0.0,
+                 compile: bool = True):
         _check(beta1 is None or 0 <= beta1 < 1, "beta1", beta1, "None or in [0, 1)")
         _check(decay_rate < 0, "decay_rate", decay_rate, "< 0")
-        super().__init__(params, dict(lr=lr, beta1=beta1, decay_rate=decay_rate,
-                                      clip_threshold=clip_threshold, eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, beta1=beta1, decay_rate=decay_rate, clip_threshold=clip_threshold,
+                                      eps=eps, weight_decay=weight_decay, compile=compile))

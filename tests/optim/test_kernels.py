@@ -1,0 +1,181 @@
+"""The compiled kernels (kernels.py) against float64 references and against the eager code."""
+import warnings
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from ngl_profile.measure.memory import MemoryTracker
+from ngl_profile.optim import NaturalGaLoreAdamW, kernels, natural
+
+
+def window(storage: str, s=6, k=5000, seed=0):
+    """A filled window whose columns are alike (as consecutive gradients are), pushed for real."""
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(k, generator=gen)
+    state = {}
+    natural.init_window(state, k, s, storage, torch.device("cpu"))
+    for _ in range(s + 2):  # wraps around: the ring's head is not slot 0
+        natural.push(state, 1e3 * (base + 0.01 * torch.randn(k, generator=gen)))
+    return state
+
+
+def dequantized64(state):
+    cols = state["history"].double()
+    if "history_scale" in state:
+        cols = cols * state["history_scale"].double()[:, None]
+    return cols
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
+def test_gram_row_is_float64_exact_products(storage):
+    state = window(storage)
+    cols = dequantized64(state)
+    slot = 3
+    scale = state.get("history_scale")
+    row = kernels.gram_row(state["history"], scale, state["history"][slot],
+                           None if scale is None else scale[slot])
+    assert row is not None and row.dtype == torch.float64
+    expect = cols @ cols[slot]  # products of float32/bf16/int8·scale values are exact in float64
+    assert ((row - expect).abs() / expect.abs()).max() < 1e-13
+
+
+def test_compiled_gram_matches_eager_update():
+    state = window("float32")
+    eager = state["gram"].clone()
+    for j in range(state["history"].shape[0]):
+        natural._gram_update(state, j, state["history_count"], compiled=True)
+    assert ((state["gram"] - eager).abs() / eager.abs()).max() < 1e-13
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_combine_matches_float64_and_ignores_unfilled_slots(storage, dtype):
+    state = window(storage)
+    s = state["history"].shape[0]
+    w = torch.randn(s, dtype=torch.float64)
+    w[4:] = 0  # as `weights` pads slots that are not filled; their (finite) contents must not count
+    got = natural.combine(state, w, compiled=True, dtype=dtype)
+    assert got.dtype == dtype
+    expect = dequantized64(state)[:4].t() @ w[:4]
+    tol = 1e-6 if dtype == torch.float32 else 8e-3
+    assert ((got.double() - expect).norm() / expect.norm()) < tol
+    state["history_count"] = 4
+    eager = natural.combine(state, w, compiled=False, dtype=dtype)
+    torch.testing.assert_close(got, eager, rtol=1e-5 if dtype == torch.float32 else 1e-2, atol=0)
+
+
+def adam_runs(dtype, steps=4):
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(33, 17, generator=gen).to(dtype) for _ in range(steps)]
+    runs = {}
+    for compiled in (True, False):
+        m = torch.zeros(33, 17, dtype=dtype)
+        v = torch.zeros(33, 17, dtype=dtype)
+        for x in g:
+            n = kernels.adam_direction(m, v, x, 0.9, 0.999, 1e-8, compiled)
+        runs[compiled] = (m.double(), v.double(), n.double())
+    # float64 recurrences, rounded to the storage dtype once per step
+    m = torch.zeros(33, 17, dtype=torch.float64)
+    v = torch.zeros(33, 17, dtype=torch.float64)
+    for x in g:
+        x = x.double()
+        m = (0.9 * m + 0.1 * x).to(dtype).double()
+        v = (0.999 * v + 0.001 * x * x).to(dtype).double()
+    runs["float64"] = (m, v, m / (v.sqrt() + 1e-8))
+    return runs
+
+
+def test_adam_direction_matches_eager_float32():
+    runs = adam_runs(torch.float32)
+    # the same ops in the same order (a fused multiply-add may round once where eager rounds twice)
+    for a, b in zip(runs[True], runs[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_direction_bfloat16_is_no_less_accurate_than_eager():
+    # the compiled loop keeps float32 between the ops where eager rounds to bf16 after each one,
+    # so the two differ by bf16 roundings; the compiled one must be the closer to float64
+    runs = adam_runs(torch.bfloat16)
+    for a, b, ref in zip(runs[True], runs[False], runs["float64"]):
+        assert (a - ref).norm() <= (b - ref).norm()
+
+
+@pytest.mark.parametrize("history_dtype", ["float32", "bfloat16", "int8"])
+def test_optimizer_compiled_equals_eager(history_dtype):
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(40, 24, generator=gen), torch.randn(24, 40, generator=gen), torch.randn(24, generator=gen)]
+             for _ in range(9)]
+    results = []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(40, 24)), torch.nn.Parameter(torch.randn(24, 40)),
+              torch.nn.Parameter(torch.randn(24))]
+        opt = NaturalGaLoreAdamW([{"params": ps[:2], "rank": 6, "update_proj_gap": 4, "history_size": 4,
+                                   "history_dtype": history_dtype}, {"params": ps[2:]}],
+                                 lr=1e-2, weight_decay=0.01, compile=compiled)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        results.append([p.detach().clone() for p in ps])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tracker_sees_the_outputs_and_no_float64_copy():
+    state = window("float32", s=8, k=20000)
+    buf = state["history"]
+    peaks = {}
+    for compiled in (True, False):
+        tracker = MemoryTracker(record_timeline=False)
+        with tracker:
+            tracker.start_step()
+            natural._gram_update(state, 2, 8, compiled)
+            tracker.end_step()
+        peaks[compiled] = tracker.snapshot().peak_bytes
+    # both: the window itself (seen through the views taken of it); compiled: + the float64 row
+    # the kernel writes into (allocated where the tracker sees it); eager: + a float64 window copy
+    window_bytes = buf.numel() * buf.element_size()
+    assert window_bytes < peaks[True] <= window_bytes + 1024
+    assert peaks[False] - peaks[True] >= buf.numel() * 8
+
+
+def test_fake_mode_allocates_only_the_outputs():
+    with FakeTensorMode():
+        state = {}
+        natural.init_window(state, 1000, 4, "float32", torch.device("cpu"))
+        natural.push(state, torch.randn(1000), compiled=True)
+        w = natural.weights([state], [1e-3])[0]
+        out = natural.combine(state, w, compiled=True)
+        n = kernels.adam_direction(torch.zeros(10), torch.zeros(10), torch.randn(10), 0.9, 0.999, 1e-8, True)
+    assert out.shape == (1000,) and w.shape == (4,) and n.shape == (10,)
+
+
+def test_compile_failure_falls_back_to_eager_once(monkeypatch):
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler found\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(kernels, "_compiled", {})
+    monkeypatch.setattr(kernels, "_failed", set())
+    state = window("float32")
+    eager = state["gram"].clone()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        natural._gram_update(state, 1, state["history_count"], kernels.compile_enabled(True, torch.device("cpu")))
+        assert not kernels.compile_enabled(True, torch.device("cpu"))  # no second attempt on this device
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "no C++ compiler found" in msgs[0] and "more detail" not in msgs[0]
+    torch.testing.assert_close(state["gram"], eager, rtol=1e-13, atol=0)
+
+
+def test_env_switch_and_validation(monkeypatch):
+    monkeypatch.setenv("NGL_PROFILE_COMPILE", "0")
+    assert not kernels.compile_enabled(True, torch.device("cpu"))
+    monkeypatch.setenv("NGL_PROFILE_COMPILE", "1")
+    assert kernels.compile_enabled(True, torch.device("cpu")) and not kernels.compile_enabled(False, torch.device("cpu"))
+    with pytest.raises(ValueError, match="compile must be true or false"):
+        NaturalGaLoreAdamW([torch.nn.Parameter(torch.zeros(2))], compile="yes")
