@@ -12,8 +12,6 @@ from functools import lru_cache
 
 import torch
 
-from .kernels import adam_direction, compile_enabled
-
 __all__ = ["AdamRule", "Adam8bitRule", "AdafactorRule"]
 
 
@@ -26,8 +24,10 @@ class AdamRule:
 
     def direction(self, state: dict, g: torch.Tensor, group: dict, t: int):
         beta1, beta2 = group["betas"]
-        compiled = compile_enabled(group.get("compile", False), g.device)
-        n = adam_direction(state["exp_avg"], state["exp_avg_sq"], g, beta1, beta2, group["eps"], compiled)
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        n = m / v.sqrt().add_(group["eps"])
         return n, math.sqrt(1 - beta2**t) / (1 - beta1**t)
 
     fused_full_update = None
