@@ -56,9 +56,10 @@ class OfficialStyle(NaturalGaLoreAdamW):
 
 
 def candidates(rank: int, gap: int):
-    def ours(s, svd="full"):
+    def ours(s, svd="full", history_dtype="float32"):
         return lambda ps: NaturalGaLoreAdamW([{"params": ps, "rank": rank, "update_proj_gap": gap,
-                                               "scale": 0.25, "history_size": s, "svd": svd}], lr=1e-3)
+                                               "scale": 0.25, "history_size": s, "svd": svd,
+                                               "history_dtype": history_dtype}], lr=1e-3)
 
     def official(ps):
         return OfficialStyle([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
@@ -66,6 +67,7 @@ def candidates(rank: int, gap: int):
 
     out = {"adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3), "galore (ours, s=0)": ours(0),
            "natural-galore (s=10)": ours(10), "natural-galore lowrank": ours(10, "lowrank"),
+           "n-g bf16 window": ours(10, history_dtype="bfloat16"), "n-g int8 window": ours(10, history_dtype="int8"),
            "official-style s=10": official}
     try:
         from galore_torch import GaLoreAdamW
