@@ -82,11 +82,12 @@ def candidates(rank: int, gap: int):
 
 def compile_kernels(dtype, device) -> None:
     """Compile our kernels (kernels.py) once up front, so no first step below includes it."""
-    ps = [torch.nn.Parameter(torch.randn(24, 16, device=device, dtype=dtype))]
-    opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3}])
-    for _ in range(4):
-        ps[0].grad = torch.randn_like(ps[0])
-        opt.step()
+    for history_dtype in ("float32", "bfloat16", "int8"):
+        ps = [torch.nn.Parameter(torch.randn(24, 16, device=device, dtype=dtype))]
+        opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3, "history_dtype": history_dtype}])
+        for _ in range(4):
+            ps[0].grad = torch.randn_like(ps[0])
+            opt.step()
 
 
 def sync(device):

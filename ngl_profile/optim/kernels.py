@@ -29,7 +29,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
-__all__ = ["compile_enabled", "gram_row", "combine"]
+__all__ = ["MIN_ELEMENTS", "compile_enabled", "worth_compiling", "gram_row", "combine"]
 
 # NGL_PROFILE_COMPILE=0 turns the compiled kernels off for every optimizer in the process
 _ENV = "NGL_PROFILE_COMPILE"
@@ -37,8 +37,19 @@ _compiled: dict[str, Callable] = {}
 _failed: set[str] = set()  # device types where compiling failed once: eager from then on
 
 
+# Below this many window elements (s·k) the eager code is faster: a compiled call costs ~20 µs of
+# Dynamo overhead. Measured on 2 cores, s = 10, per call (compiled vs eager): Gram row 47 vs 46 µs at
+# k = 16384 and 83 vs 136 µs at k = 65536; across 56 windows too big for the cache, g̃ = G·w took
+# ~7 ms compiled vs 10.7 ms eager.
+MIN_ELEMENTS = 1 << 17
+
+
 def compile_enabled(requested: bool, device: torch.device) -> bool:
     return requested and os.environ.get(_ENV, "1") != "0" and device.type not in _failed
+
+
+def worth_compiling(window: torch.Tensor) -> bool:
+    return window.numel() >= MIN_ELEMENTS
 
 
 def _gram_row_kernel(cols, col_scale, g, g_scale, out):

@@ -9,6 +9,12 @@ from ngl_profile.measure.memory import MemoryTracker
 from ngl_profile.optim import NaturalGaLoreAdamW, kernels, natural
 
 
+@pytest.fixture(autouse=True)
+def compile_small_windows(monkeypatch):
+    # the windows here are small; production leaves windows under MIN_ELEMENTS to the eager code
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+
+
 def window(storage: str, s=6, k=5000, seed=0):
     """A filled window whose columns are alike (as consecutive gradients are), pushed for real."""
     gen = torch.Generator().manual_seed(seed)
@@ -135,6 +141,16 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
     torch.testing.assert_close(state["gram"], eager, rtol=1e-13, atol=0)
 
 
+def test_small_windows_stay_eager(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 1 << 17)
+    assert not kernels.worth_compiling(torch.empty(10, 13106)) and kernels.worth_compiling(torch.empty(10, 13108))
+    calls = []
+    monkeypatch.setattr(kernels, "gram_row", lambda *a: calls.append(a))
+    state = window("float32", s=4, k=1000)
+    natural._gram_update(state, 1, 4, compiled=True)
+    assert calls == []
+
+
 def test_env_switch_and_validation(monkeypatch):
     monkeypatch.setenv("NGL_PROFILE_COMPILE", "0")
     assert not kernels.compile_enabled(True, torch.device("cpu"))
@@ -142,3 +158,28 @@ def test_env_switch_and_validation(monkeypatch):
     assert kernels.compile_enabled(True, torch.device("cpu")) and not kernels.compile_enabled(False, torch.device("cpu"))
     with pytest.raises(ValueError, match="compile must be true or false"):
         NaturalGaLoreAdamW([torch.nn.Parameter(torch.zeros(2))], compile="yes")
+
+
+@pytest.mark.parametrize("history_dtype", ["float32", "bfloat16", "int8"])
+def test_resume_is_bit_exact_with_the_compiled_kernels(history_dtype):
+    import io
+
+    from .test_state import grads, make, train
+
+    gs = grads(9, seed=5)
+    ref_params, ref_opt = make(history_dtype=history_dtype)
+    train(ref_params, ref_opt, gs)
+    params, opt = make(history_dtype=history_dtype)
+    train(params, opt, gs[:6])  # mid-window and mid-gap
+    buf = io.BytesIO()
+    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in params]}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    params2, opt2 = make(history_dtype=history_dtype)
+    with torch.no_grad():
+        for p, saved in zip(params2, ckpt["params"]):
+            p.copy_(saved)
+    opt2.load_state_dict(ckpt["opt"])
+    train(params2, opt2, gs[6:])
+    for a, b in zip(ref_params, params2):
+        assert torch.equal(a, b)
