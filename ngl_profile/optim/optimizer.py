@@ -99,9 +99,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
             verdicts = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite().tolist()
         waiting = []  # pushed into their windows, waiting for the batched solve
         for (p, group), finite in zip(live, verdicts):
-            g = self._begin(p, group, finite)
-            if g is not None:
-                waiting.append((p, group, g.shape, g.dtype))
+            pushed = self._begin(p, group, finite)
+            if pushed is not None:
+                waiting.append((p, group, *pushed))
         if waiting:
             ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting])
             for (p, group, shape, dtype), w in zip(waiting, ws):
@@ -121,9 +121,11 @@ class _NaturalGaLore(torch.optim.Optimizer):
             return self.whole_step_check
         return live[0][0].grad.is_cuda and len(live) > 1
 
-    def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> torch.Tensor | None:
-        """Project ∇ and, with a window, push g_t and return it (its update waits for the step's
-        batched solve); without one, update p right away and return None.
+    def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> tuple | None:
+        """Project ∇ and, with a window, push g_t and return its (shape, dtype): its update waits
+        for the step's batched solve, and g_t itself is not kept (the window holds it), so the
+        peak never holds a projected gradient beside its g̃. Without a window, update p right away
+        and return None.
 
         `finite`: the step's verdict on this gradient, if already known; None: check it here.
         """
@@ -149,7 +151,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
             if "history" not in state:
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
             natural.push(state, g.reshape(-1), kernels.compile_enabled(group["compile"], g.device))
-            return g
+            return g.shape, g.dtype
         self._finish(p, group, g, low_rank)
         return None
 

@@ -164,3 +164,35 @@ def test_sliced_window_reads_equal_one_slice(monkeypatch, dtype):
     sliced = run()
     torch.testing.assert_close(sliced[0], whole[0], rtol=1e-12, atol=0)
     torch.testing.assert_close(sliced[1], whole[1], rtol=1e-5, atol=0)
+
+
+def test_projected_gradient_is_freed_before_its_update(monkeypatch):
+    """The window holds g_t; the step must not keep it alive beside g̃ while it waits for the
+    batched solve (the 7B estimate showed one extra projected gradient at the peak when it did)."""
+    import weakref
+
+    from ngl_profile.optim import natural as nat
+
+    refs = []
+    push = nat.push
+
+    def spy_push(state, g, *a, **k):
+        refs.append(weakref.ref(g._base if g._base is not None else g))
+        return push(state, g, *a, **k)
+
+    monkeypatch.setattr(nat, "push", spy_push)
+    alive_at_finish = []
+    finish = NaturalGaLoreAdamW._finish
+
+    def spy_finish(self, p, group, g, low_rank):
+        if low_rank:
+            alive_at_finish.append([r() is not None for r in refs])
+        return finish(self, p, group, g, low_rank)
+
+    monkeypatch.setattr(NaturalGaLoreAdamW, "_finish", spy_finish)
+    ps = [torch.nn.Parameter(torch.randn(30, 20)), torch.nn.Parameter(torch.randn(20, 30))]
+    opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3}])
+    for p in ps:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    assert len(refs) == 2 and alive_at_finish == [[False, False], [False, False]]
