@@ -19,6 +19,8 @@ State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
@@ -148,25 +150,43 @@ def weights(states: list[dict], dampings: list[float]) -> list[torch.Tensor]:
         key = (s, n, (st["history_head"] - 1) % s, float(lam), st["gram"].device)
         batches.setdefault(key, []).append(i)
     for (s, n, newest, lam, device), idx in batches.items():
-        grams = torch.stack([states[i]["gram"][:n, :n] for i in idx])  # P×n×n
+        single = len(idx) == 1  # a per-layer optimizer's step: views instead of stack/foreach/unbind
+        grams = (states[idx[0]]["gram"][None, :n, :n] if single
+                 else torch.stack([states[i]["gram"][:n, :n] for i in idx]))  # P×n×n
         w, tiers = _solve_tiers(grams, newest, lam)
-        torch._foreach_add_([states[i]["damping_backoffs"] for i in idx], list(tiers.unbind(0)))
         if n < s:
             w = torch.cat([w, w.new_zeros(len(idx), s - n)], dim=1)
+        if single:
+            states[idx[0]]["damping_backoffs"] += tiers[0]
+            out[idx[0]] = w[0]
+            continue
+        torch._foreach_add_([states[i]["damping_backoffs"] for i in idx], list(tiers.unbind(0)))
         for i, w_i in zip(idx, w.unbind(0)):
             out[i] = w_i
     return out
 
 
+def _tier_constants(n: int, damping: float, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(I, λ_tier·I for every tier, I/λ_last) in float64. Cached per (n, λ, device): making them
+    was 7 of the solve's ops, ~15 µs a step for each per-layer optimizer on 2 cores."""
+    eye = torch.eye(n, dtype=torch.float64, device=device)
+    # λ·[1, 10³, 10⁶] made on the device by a fill and a cumprod: torch.tensor(list, device=cuda)
+    # would be a host→device copy
+    lams = torch.full((_N_TIERS,), _TIER_FACTOR, dtype=torch.float64, device=device).cumprod(0)
+    lams = lams / _TIER_FACTOR * damping  # [1, 1e3, 1e6] exactly, then λ: tier 0 is λ to the bit
+    return eye, lams[:, None, None] * eye, eye / lams[-1]
+
+
+_cached_tier_constants = lru_cache(maxsize=64)(_tier_constants)
+
+
 def _solve_tiers(grams: torch.Tensor, newest: int, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(w: P×n, damping tiers climbed: P) for P Gram matrices with the same newest slot."""
     P, n, _ = grams.shape
-    eye = torch.eye(n, dtype=torch.float64, device=grams.device)
-    # λ·[1, 10³, 10⁶] made on the device by a fill and a cumprod: torch.tensor(list, device=cuda)
-    # would be a host→device copy per step, undoing a solve that reads nothing back
-    lams = torch.full((_N_TIERS,), _TIER_FACTOR, dtype=torch.float64, device=grams.device).cumprod(0)
-    lams = lams / _TIER_FACTOR * damping  # [1, 1e3, 1e6] exactly, then λ: tier 0 is λ to the bit
-    chol, info = torch.linalg.cholesky_ex(grams[:, None] + lams[:, None, None] * eye)  # P×tiers×n×n
+    # fake tensors (the estimator) belong to one FakeTensorMode: never cached across modes
+    make = _tier_constants if is_fake(grams) else _cached_tier_constants
+    eye, shifts, eye_over_last = make(n, damping, grams.device)
+    chol, info = torch.linalg.cholesky_ex(grams[:, None] + shifts)  # P×tiers×n×n
     e = eye[:, newest : newest + 1]
     w_tiers = torch.cholesky_solve(e.expand(P, _N_TIERS, n, 1), chol).squeeze(-1)  # P×tiers×n
     ok = info == 0
@@ -174,7 +194,7 @@ def _solve_tiers(grams: torch.Tensor, newest: int, damping: float) -> tuple[torc
     chosen = torch.gather(w_tiers, 1, first[:, None, None].expand(P, 1, n)).squeeze(1)  # no host read
     factored = ok.any(dim=1)
     # none factored (impossible with finite gradients, but never NaN): the λ → ∞ limit, g_t / λ
-    w = torch.where(factored[:, None], chosen, e.squeeze(1) / lams[-1])
+    w = torch.where(factored[:, None], chosen, eye_over_last[newest])
     return w, torch.where(factored, first, _N_TIERS).to(torch.int64)
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ngl_profile.optim import NaturalGaLoreAdamW
+from ngl_profile.optim import NaturalGaLoreAdamW, natural
 from ngl_profile.optim.projector import resolve_side
 
 from . import reference as ref
@@ -196,3 +196,28 @@ def test_projected_gradient_is_freed_before_its_update(monkeypatch):
         p.grad = torch.randn_like(p)
     opt.step()
     assert len(refs) == 2 and alive_at_finish == [[False, False], [False, False]]
+
+
+def test_batched_weights_equal_one_at_a_time():
+    """Windows of different fill, head, size and λ in one `weights` call: each gets the w it gets
+    alone, and its own damping backoff count (one Gram matrix is made indefinite to force it)."""
+    gen = torch.Generator().manual_seed(0)
+    specs = [(4, 6, 1e-3), (4, 2, 1e-3), (4, 6, 1e-3), (3, 5, 1e-2), (4, 6, 1e-3)]
+    states = []
+    for s, pushes, _ in specs:
+        st = {}
+        natural.init_window(st, 50, s, "float32", torch.device("cpu"))
+        for _ in range(pushes):
+            natural.push(st, torch.randn(50, generator=gen))
+        states.append(st)
+    states[2]["gram"][:] = -1.0  # not positive definite for any small λ
+    lams = [lam for *_, lam in specs]
+    together = natural.weights(states, lams)
+    backoffs = [int(st["damping_backoffs"]) for st in states]
+    for st in states:
+        st["damping_backoffs"].zero_()
+    alone = [natural.weights([st], [lam])[0] for st, lam in zip(states, lams)]
+    assert [int(st["damping_backoffs"]) for st in states] == backoffs and backoffs[2] > 0
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert together[1][2:].eq(0).all() and together[1].shape == (4,)  # unfilled slots: w = 0
