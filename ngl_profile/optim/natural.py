@@ -8,7 +8,9 @@ identity (λI + GGᵀ)⁻¹G = G(λI + GᵀG)⁻¹ gives the same vector with no
     S w = e_last,   g̃ = G w.
 The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in float64 and updated by
 one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
-torch.stack of the history every step, as the official code does).
+torch.stack of the history every step, as the official code does). A step is `push` (store g_t,
+new Gram row) for every matrix, one batched `weights` for all of them, then `combine` (g̃ = G w)
+for each; the two passes over large windows run as compiled kernels (kernels.py).
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them):
   history        s×k ring buffer in the storage dtype (float32, bfloat16 or int8)
