@@ -37,10 +37,10 @@ class OfficialStyle(NaturalGaLoreAdamW):
         super().__init__(params, **kwargs)
         self.history_size = history_size
 
-    def _finish(self, p, group, g, low_rank):
-        if low_rank:
+    def _finish(self, p, group, g, side):
+        if side is not None:
             g = self._official(self.state[p], g)
-        super()._finish(p, group, g, low_rank)
+        super()._finish(p, group, g, side)
 
     def _official(self, state, g):
         hist = state.setdefault("hist_list", [])

@@ -104,10 +104,10 @@ class _NaturalGaLore(torch.optim.Optimizer):
                 waiting.append((p, group, *pushed))
         if waiting:
             ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting])
-            for (p, group, shape, dtype), w in zip(waiting, ws):
+            for (p, group, side, shape, dtype), w in zip(waiting, ws):
                 compiled = kernels.compile_enabled(group["compile"], w.device)
                 g_tilde = natural.combine(self.state[p], w, compiled, dtype).view(shape)
-                self._finish(p, group, g_tilde, low_rank=True)
+                self._finish(p, group, g_tilde, side)
         return loss
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
@@ -122,7 +122,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         return live[0][0].grad.is_cuda and len(live) > 1
 
     def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> tuple | None:
-        """Project ∇ and, with a window, push g_t and return its (shape, dtype): its update waits
+        """Project ∇ and, with a window, push g_t and return (side, shape, dtype): its update waits
         for the step's batched solve, and g_t itself is not kept (the window holds it), so the
         peak never holds a projected gradient beside its g̃. Without a window, update p right away
         and return None.
@@ -151,22 +151,22 @@ class _NaturalGaLore(torch.optim.Optimizer):
             if "history" not in state:
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
             natural.push(state, g.reshape(-1), kernels.compile_enabled(group["compile"], g.device))
-            return g.shape, g.dtype
-        self._finish(p, group, g, low_rank)
+            return side, g.shape, g.dtype
+        self._finish(p, group, g, side)
         return None
 
-    def _finish(self, p: torch.Tensor, group: dict, g: torch.Tensor, low_rank: bool) -> None:
-        """Moments, then p ← p − lr·c·scale·project_back(N) and the decoupled weight decay."""
+    def _finish(self, p: torch.Tensor, group: dict, g: torch.Tensor, side: str | None) -> None:
+        """Moments, then p ← p − lr·c·scale·project_back(N) and the decoupled weight decay.
+        `side`: the projection side of a low-rank parameter; None for a plain one."""
         state = self.state[p]
         if state["step"] == 0:
             self.rule.init(state, g, group)
         state["step"] += 1
         t = state["step"]
         fused = self.rule.fused_full_update
-        if low_rank or not (fused and fused(p, state, group, t)):
+        if side is not None or not (fused and fused(p, state, group, t)):
             n, c = self.rule.direction(state, g, group, t)
-            if low_rank:
-                side = resolve_side(p.shape, group["proj_type"])
+            if side is not None:
                 add_projected_back(p, n, self._basis(state), side, -group["lr"] * c * group["scale"])
             else:
                 p.add_(n, alpha=-group["lr"] * c)

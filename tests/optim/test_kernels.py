@@ -162,24 +162,7 @@ def test_env_switch_and_validation(monkeypatch):
 
 @pytest.mark.parametrize("history_dtype", ["float32", "bfloat16", "int8"])
 def test_resume_is_bit_exact_with_the_compiled_kernels(history_dtype):
-    import io
+    # test_state's resume check, run here where every window takes the compiled kernels
+    from .test_state import test_resume_mid_window_mid_gap_is_bit_exact as resume_check
 
-    from .test_state import grads, make, train
-
-    gs = grads(9, seed=5)
-    ref_params, ref_opt = make(history_dtype=history_dtype)
-    train(ref_params, ref_opt, gs)
-    params, opt = make(history_dtype=history_dtype)
-    train(params, opt, gs[:6])  # mid-window and mid-gap
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in params]}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-    params2, opt2 = make(history_dtype=history_dtype)
-    with torch.no_grad():
-        for p, saved in zip(params2, ckpt["params"]):
-            p.copy_(saved)
-    opt2.load_state_dict(ckpt["opt"])
-    train(params2, opt2, gs[6:])
-    for a, b in zip(ref_params, params2):
-        assert torch.equal(a, b)
+    resume_check(NaturalGaLoreAdamW, "full", history_dtype)

@@ -184,10 +184,10 @@ def test_projected_gradient_is_freed_before_its_update(monkeypatch):
     alive_at_finish = []
     finish = NaturalGaLoreAdamW._finish
 
-    def spy_finish(self, p, group, g, low_rank):
-        if low_rank:
+    def spy_finish(self, p, group, g, side):
+        if side is not None:
             alive_at_finish.append([r() is not None for r in refs])
-        return finish(self, p, group, g, low_rank)
+        return finish(self, p, group, g, side)
 
     monkeypatch.setattr(NaturalGaLoreAdamW, "_finish", spy_finish)
     ps = [torch.nn.Parameter(torch.randn(30, 20)), torch.nn.Parameter(torch.randn(20, 30))]
