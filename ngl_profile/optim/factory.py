@@ -96,7 +96,7 @@ def _low_rank(cls, history: bool, opt_keys: tuple[str, ...]):
                 group[key] = hp[key]
         if not history:
             group["history_size"] = 0
-        kwargs = {k: hp[k] for k in opt_keys if k in hp}
+        kwargs = {k: hp[k] for k in opt_keys + _OURS if k in hp}
         return [group, {"params": rest}], lambda g: cls(g, **kwargs)
 
     return make
@@ -155,18 +155,18 @@ _SPECS = [
     OptimizerSpec("adafactor", "transformers' Adafactor (factored second moment), fixed lr", _ADAFACTOR,
                   _plain("transformers.optimization.Adafactor", ("lr", "beta1", "weight_decay"))),
     OptimizerSpec("galore", "GaLore AdamW (ours, history_size 0)", _ADAM + _GALORE + _OURS,
-                  _low_rank(NaturalGaLoreAdamW, False, _ADAM + _OURS), low_rank=True),
+                  _low_rank(NaturalGaLoreAdamW, False, _ADAM), low_rank=True),
     OptimizerSpec("galore-8bit", "GaLore with 8-bit Adam moments (ours, history_size 0)", _ADAM + _GALORE + _OURS,
-                  _low_rank(NaturalGaLoreAdamW8bit, False, _ADAM + _OURS), low_rank=True),
+                  _low_rank(NaturalGaLoreAdamW8bit, False, _ADAM), low_rank=True),
     OptimizerSpec("galore-adafactor", "GaLore with Adafactor moments (ours, history_size 0)",
                   _ADAFACTOR + _GALORE + _OURS,
-                  _low_rank(NaturalGaLoreAdafactor, False, _ADAFACTOR + _OURS), low_rank=True),
+                  _low_rank(NaturalGaLoreAdafactor, False, _ADAFACTOR), low_rank=True),
     OptimizerSpec("natural-galore", "Natural GaLore, AdamW moments", _ADAM + _NATURAL + _OURS,
-                  _low_rank(NaturalGaLoreAdamW, True, _ADAM + _OURS), low_rank=True),
+                  _low_rank(NaturalGaLoreAdamW, True, _ADAM), low_rank=True),
     OptimizerSpec("natural-galore-8bit", "Natural GaLore, 8-bit Adam moments", _ADAM + _NATURAL + _OURS,
-                  _low_rank(NaturalGaLoreAdamW8bit, True, _ADAM + _OURS), low_rank=True),
+                  _low_rank(NaturalGaLoreAdamW8bit, True, _ADAM), low_rank=True),
     OptimizerSpec("natural-galore-adafactor", "Natural GaLore, Adafactor moments", _ADAFACTOR + _NATURAL + _OURS,
-                  _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR + _OURS), low_rank=True),
+                  _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR), low_rank=True),
     OptimizerSpec("galore-torch", "the published galore-torch GaLoreAdamW (extra 'peers')",
                   _ADAM + _GALORE_TORCH, _galore_torch, low_rank=True),
     OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,

@@ -29,7 +29,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
-__all__ = ["MIN_ELEMENTS", "compile_enabled", "worth_compiling", "gram_row", "combine"]
+__all__ = ["MIN_ELEMENTS", "usable", "gram_row", "combine"]
 
 # NGL_PROFILE_COMPILE=0 turns the compiled kernels off for every optimizer in the process
 _ENV = "NGL_PROFILE_COMPILE"
@@ -44,17 +44,16 @@ _failed: set[str] = set()  # device types where compiling failed once: eager fro
 MIN_ELEMENTS = 1 << 17
 
 
-def compile_enabled(requested: bool, device: torch.device) -> bool:
-    return requested and os.environ.get(_ENV, "1") != "0" and device.type not in _failed
-
-
-def worth_compiling(window: torch.Tensor) -> bool:
-    return window.numel() >= MIN_ELEMENTS
+def usable(window: torch.Tensor) -> bool:
+    """Whether the kernels run for this window: large enough, not switched off by the environment,
+    and compiling has not failed on its device type."""
+    return (window.numel() >= MIN_ELEMENTS and os.environ.get(_ENV, "1") != "0"
+            and window.device.type not in _failed)
 
 
 def _gram_row_kernel(cols, col_scale, g, g_scale, out):
-    # One float64 dot per row, unrolled (s is fixed per window): 15 % faster than one reduction
-    # over the s×k block. bf16·bf16 and int8·int8 products are exact in float32, so those are
+    # One float64 dot per row, unrolled (s is fixed per window): 56 llama-60m windows in 7.5 ms
+    # against 8.8 ms for one reduction over the s×k block. bf16·bf16 and int8·int8 products are exact in float32, so those are
     # multiplied in float32 and only the products widened: inductor's bf16 → float64 conversion
     # is not vectorised on a CPU (the bf16 Gram row took 2.5× the float32 one). float32 values
     # are widened first: their products are exact only in float64.
@@ -113,7 +112,9 @@ def _run(name: str, device: torch.device, *args) -> bool:
 def gram_row(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
              g_scale: torch.Tensor | None) -> torch.Tensor | None:
     """float64 [⟨c_j, g⟩ for every row c_j of cols] (dequantized by the scales when given), or
-    None if it cannot be compiled here: the caller then computes it eagerly."""
+    None if the kernel is not `usable` here or cannot be compiled: the caller computes it eagerly."""
+    if not usable(cols):
+        return None
     out = torch.empty(cols.shape[0], dtype=torch.float64, device=cols.device)
     if is_fake(out) or _run("gram_row", cols.device, cols, col_scale, g, g_scale, out):
         return out
@@ -123,7 +124,9 @@ def gram_row(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor
 def combine(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
             dtype: torch.dtype) -> torch.Tensor | None:
     """Σ_j w_j c_j over every row c_j of cols (dequantized), summed in float32, as `dtype`; None
-    if it cannot be compiled here. Rows with w_j = 0 add exactly 0 (stored values are finite)."""
+    if not `usable` or not compilable here. Rows with w_j = 0 add exactly 0 (stored values are finite)."""
+    if not usable(cols):
+        return None
     out = torch.empty(cols.shape[1], dtype=dtype, device=cols.device)
     if is_fake(out) or _run("combine", cols.device, cols, col_scale, w, out):
         return out

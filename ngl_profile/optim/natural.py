@@ -108,7 +108,7 @@ def _gram_update(state: dict, slot: int, n: int, compiled: bool = False) -> None
     """
     buf, scale = state["history"], state.get("history_scale")
     row = None
-    if compiled and kernels.worth_compiling(buf):  # one pass over the window, no float64 copy of it
+    if compiled:  # one pass over the window, no float64 copy of it (kernels.py; None: not here)
         # the whole buffer, not its n filled rows: one compiled kernel per window shape, not
         # one per fill level; unfilled rows are never read back (the Gram matrix uses [:n])
         row = kernels.gram_row(buf, scale, buf[slot], None if scale is None else scale[slot])
@@ -125,7 +125,7 @@ def _gram_update(state: dict, slot: int, n: int, compiled: bool = False) -> None
 def push(state: dict, g: torch.Tensor, compiled: bool = False) -> None:
     """Append the flattened projected gradient g (length k) as the newest column.
 
-    compiled: compute the new Gram row with the compiled kernel (falls back to eager if it can't)."""
+    compiled: compute the new Gram row with the compiled kernel where it is usable (kernels.py)."""
     s = state["history"].shape[0]
     slot = state["history_head"]
     _store(state, slot, g)
@@ -206,7 +206,7 @@ def combine(state: dict, w: torch.Tensor, compiled: bool = False,
     returned as `dtype` (the compiled kernel writes it so, without a float32 copy); length k."""
     buf, scale = state["history"], state.get("history_scale")
     w32 = w.float()
-    if compiled and kernels.worth_compiling(buf):  # every slot (w = 0 for unfilled ones): one kernel per shape
+    if compiled:  # every slot (w = 0 for unfilled ones): one kernel per window shape
         out = kernels.combine(buf, scale, w32, dtype)
         if out is not None:
             return out

@@ -15,7 +15,7 @@ from itertools import chain
 
 import torch
 
-from . import kernels, natural
+from . import natural
 from .projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
                         projected_shape, resolve_side, rotate)
 from .rules import Adam8bitRule, AdafactorRule, AdamRule
@@ -105,8 +105,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if waiting:
             ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting])
             for (p, group, side, shape, dtype), w in zip(waiting, ws):
-                compiled = kernels.compile_enabled(group["compile"], w.device)
-                g_tilde = natural.combine(self.state[p], w, compiled, dtype).view(shape)
+                g_tilde = natural.combine(self.state[p], w, group["compile"], dtype).view(shape)
                 self._finish(p, group, g_tilde, side)
         return loss
 
@@ -150,7 +149,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if low_rank and group["history_size"] > 0:
             if "history" not in state:
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
-            natural.push(state, g.reshape(-1), kernels.compile_enabled(group["compile"], g.device))
+            natural.push(state, g.reshape(-1), group["compile"])
             return side, g.shape, g.dtype
         self._finish(p, group, g, side)
         return None

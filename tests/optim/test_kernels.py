@@ -134,8 +134,8 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
     eager = state["gram"].clone()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        natural._gram_update(state, 1, state["history_count"], kernels.compile_enabled(True, torch.device("cpu")))
-        assert not kernels.compile_enabled(True, torch.device("cpu"))  # no second attempt on this device
+        natural._gram_update(state, 1, state["history_count"], compiled=True)
+        assert not kernels.usable(state["history"])  # no second attempt on this device
     msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(msgs) == 1 and "no C++ compiler found" in msgs[0] and "more detail" not in msgs[0]
     torch.testing.assert_close(state["gram"], eager, rtol=1e-13, atol=0)
@@ -143,9 +143,9 @@ def test_compile_failure_falls_back_to_eager_once(monkeypatch):
 
 def test_small_windows_stay_eager(monkeypatch):
     monkeypatch.setattr(kernels, "MIN_ELEMENTS", 1 << 17)
-    assert not kernels.worth_compiling(torch.empty(10, 13106)) and kernels.worth_compiling(torch.empty(10, 13108))
+    assert not kernels.usable(torch.empty(10, 13106)) and kernels.usable(torch.empty(10, 13108))
     calls = []
-    monkeypatch.setattr(kernels, "gram_row", lambda *a: calls.append(a))
+    monkeypatch.setattr(kernels, "_run", lambda *a: calls.append(a))
     state = window("float32", s=4, k=1000)
     natural._gram_update(state, 1, 4, compiled=True)
     assert calls == []
@@ -153,9 +153,13 @@ def test_small_windows_stay_eager(monkeypatch):
 
 def test_env_switch_and_validation(monkeypatch):
     monkeypatch.setenv("NGL_PROFILE_COMPILE", "0")
-    assert not kernels.compile_enabled(True, torch.device("cpu"))
+    assert not kernels.usable(torch.empty(4))
     monkeypatch.setenv("NGL_PROFILE_COMPILE", "1")
-    assert kernels.compile_enabled(True, torch.device("cpu")) and not kernels.compile_enabled(False, torch.device("cpu"))
+    assert kernels.usable(torch.empty(4))
+    calls = []
+    monkeypatch.setattr(kernels, "_run", lambda *a: calls.append(a))
+    natural._gram_update(window("float32", s=4, k=1000), 1, 4, compiled=False)  # compile=False
+    assert calls == []
     with pytest.raises(ValueError, match="compile must be true or false"):
         NaturalGaLoreAdamW([torch.nn.Parameter(torch.zeros(2))], compile="yes")
 
