@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from ngl_profile.models import build_model, get_model, make_batch
-from ngl_profile.optim import build
+from ngl_profile.zoo.models import build_model, get_model, make_batch
+from ngl_profile.zoo.optimizers import build
 
 
 def main() -> None:

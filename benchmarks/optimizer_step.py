@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from ngl_profile.models import get_model
+from ngl_profile.zoo.models import get_model
 from ngl_profile.optim import NaturalGaLoreAdamW
 
 

@@ -18,8 +18,8 @@ import torch
 from ngl_profile.measure.memory import MemoryTracker
 from ngl_profile.measure.nvml import NvmlSampler
 from ngl_profile.measure.timing import PhaseTimer
-from ngl_profile.models import build_model, make_batch
-from ngl_profile.optim import build
+from ngl_profile.zoo.models import build_model, make_batch
+from ngl_profile.zoo.optimizers import build
 
 
 def main() -> None:

@@ -79,26 +79,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     if args.command == "list":
-        from .commands import list_things
+        from ngl_profile.commands import list_things
 
         return list_things(args.what)
     if args.command == "run":
-        from .commands import run
+        from ngl_profile.commands import run
 
         return run(args)
     if args.command == "fit":
-        from .commands import fit
+        from ngl_profile.commands import fit
 
         return fit(args)
     if args.command == "report":
-        from .commands import report
+        from ngl_profile.commands import report
 
         return report(args)
     if args.command == "compare":
-        from .commands import compare
+        from ngl_profile.commands import compare
 
         return compare(args)
-    from .commands import check
+    from ngl_profile.commands import check
 
     return check(args)
 

@@ -26,8 +26,8 @@ def _check_writable(out: Path) -> None:
 
 
 def run(args) -> int:
-    from .runner import default_out_dir, plan
-    from .scenario import load_scenario
+    from ngl_profile.engine.runner import default_out_dir, plan
+    from ngl_profile.schema.scenario import load_scenario
 
     scn = load_scenario(args.scenario)
     scn = scn.with_overrides(gpu=args.gpu, mode=args.mode)
@@ -44,7 +44,7 @@ def run(args) -> int:
     console.print(f"[bold]{scn.name}[/]: {len(scn.optimizers)} optimizer(s), {mode} on {device}, target "
                   f"{scn.gpu} → {out}")
     result = _run_with_progress(console, scn, mode, device, out, args.jobs)
-    from .report.tables import rich_summary
+    from ngl_profile.report.tables import rich_summary
 
     console.print(rich_summary(result))
     for c in result.cases:
@@ -52,7 +52,7 @@ def run(args) -> int:
             console.print(f"[yellow]{c.label}: {c.status}: {c.message}[/]")
     console.print(f"results: {out / 'results.json'}")
     if not args.no_report:
-        from .report.render import render_report
+        from ngl_profile.report.render import render_report
 
         files = render_report([result], out)
         console.print(f"report: {out / 'report.md'} ({len(files)} files)")
@@ -62,7 +62,7 @@ def run(args) -> int:
 def _run_with_progress(console, scn, mode, device, out, jobs):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .runner import run_scenario
+    from ngl_profile.engine.runner import run_scenario
 
     steps = 2 + (scn.warmup + scn.steps if mode == "measured" else 0)
     with Progress(TextColumn("{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
@@ -88,7 +88,7 @@ def list_things(what: str) -> int:
 
     t = Table()
     if what == "models":
-        from .models import MODELS, approx_parameters
+        from ngl_profile.zoo.models import MODELS, approx_parameters
 
         for col in ("name", "family", "parameters", "default rank", "description"):
             t.add_column(col)
@@ -96,7 +96,7 @@ def list_things(what: str) -> int:
             t.add_row(m.name, m.family, f"{approx_parameters(m.name) / 1e6:,.0f}M", str(m.default_rank),
                       m.description)
     elif what == "gpus":
-        from .gpus import GPUS, gpu_names
+        from ngl_profile.zoo.gpus import GPUS, gpu_names
 
         for col in ("name", "memory GiB", "bf16 TFLOP/s", "GB/s", "aliases", "source"):
             t.add_column(col)
@@ -105,14 +105,14 @@ def list_things(what: str) -> int:
             t.add_row(g.name, f"{g.memory_gib:.1f}", f"{g.bf16_tflops:g}", f"{g.bandwidth_gbs:g}",
                       ", ".join(g.aliases), g.source)
     elif what == "optimizers":
-        from .optim.factory import OPTIMIZERS
+        from ngl_profile.zoo.optimizers import OPTIMIZERS
 
         for col in ("name", "description", "hyperparameters"):
             t.add_column(col)
         for spec in OPTIMIZERS.values():
             t.add_row(spec.name, spec.description, ", ".join(spec.hparams))
     else:
-        from .scenario import load_scenario, preset_names, scenario_dir
+        from ngl_profile.schema.scenario import load_scenario, preset_names, scenario_dir
 
         for col in ("preset", "model", "gpu", "optimizers"):
             t.add_column(col)
@@ -124,14 +124,14 @@ def list_things(what: str) -> int:
 
 
 def fit(args) -> int:
-    from .fit import search
+    from ngl_profile.analysis.fit import search
 
     return search(args, _console())
 
 
 def report(args) -> int:
-    from .report.render import render_report
-    from .results import ResultsError, load_many, load_results
+    from ngl_profile.report.render import render_report
+    from ngl_profile.schema.results import ResultsError, load_many, load_results
 
     # one file: it must load; several (a sweep): a corrupt one is skipped with a warning
     runs = [load_results(args.results[0])] if len(args.results) == 1 else load_many(args.results)
@@ -148,14 +148,14 @@ def report(args) -> int:
 
 
 def compare(args) -> int:
-    from .regress import compare_runs
-    from .results import load_results
+    from ngl_profile.analysis.regress import compare_runs
+    from ngl_profile.schema.results import load_results
 
     runs = [load_results(p) for p in args.results]
     return compare_runs(runs, markdown=args.md, console=_console())
 
 
 def check(args) -> int:
-    from .regress import run_check
+    from ngl_profile.analysis.regress import run_check
 
     return run_check(args, _console())

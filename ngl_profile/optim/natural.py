@@ -26,7 +26,7 @@ from functools import lru_cache
 import torch
 from torch._subclasses.fake_tensor import is_fake
 
-from . import kernels
+from ngl_profile.optim import kernels
 
 __all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "weights", "combine", "solve",
            "rotate_window", "all_finite"]

@@ -15,10 +15,10 @@ from itertools import chain
 
 import torch
 
-from . import natural
-from .projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
+from ngl_profile.optim import natural
+from ngl_profile.optim.projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
                         projected_shape, resolve_side, rotate)
-from .rules import Adam8bitRule, AdafactorRule, AdamRule
+from ngl_profile.optim.rules import Adam8bitRule, AdafactorRule, AdamRule
 
 __all__ = ["NaturalGaLoreAdamW", "NaturalGaLoreAdamW8bit", "NaturalGaLoreAdafactor",
            "LOW_RANK_DEFAULTS", "SUBSPACE_POLICIES"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..measure.memory import CATEGORIES
-from ..results import RunResult
-from .tables import provenance_line, unit_for
+from ngl_profile.measure.memory import CATEGORIES
+from ngl_profile.schema.results import RunResult
+from ngl_profile.report.tables import provenance_line, unit_for
 
 __all__ = ["COLORS", "memory_breakdown", "throughput", "step_timeline", "estimated_vs_measured", "size_sweep"]
 

@@ -6,9 +6,9 @@ import base64
 import html
 from pathlib import Path
 
-from ..results import RunResult, cases_frame, memory_frame
-from . import charts
-from .tables import markdown_table, provenance_line, summary_rows, unit_for
+from ngl_profile.schema.results import RunResult, cases_frame, memory_frame
+from ngl_profile.report import charts
+from ngl_profile.report.tables import markdown_table, provenance_line, summary_rows, unit_for
 
 __all__ = ["render_report"]
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from ngl_profile.models import build_model, make_batch
-from ngl_profile.optim import build, optimizer_names
+from ngl_profile.zoo.models import build_model, make_batch
+from ngl_profile.zoo.optimizers import build, optimizer_names
 
 LR = {"adafactor": 1e-2, "lora": 1e-2}
 

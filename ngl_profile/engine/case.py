@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from .gpus import CUDA_CONTEXT_BYTES, get_gpu
-from .measure.memory import CATEGORIES, MemoryTracker
-from .models import build_model, get_model
-from .results import CaseResult
-from .steps import emit, one_step
-from .throughput import forward_flops, roofline_projection, timed_steps
+from ngl_profile.zoo.gpus import CUDA_CONTEXT_BYTES, get_gpu
+from ngl_profile.measure.memory import CATEGORIES, MemoryTracker
+from ngl_profile.zoo.models import build_model, get_model
+from ngl_profile.schema.results import CaseResult
+from ngl_profile.engine.steps import emit, one_step
+from ngl_profile.engine.throughput import forward_flops, roofline_projection, timed_steps
 
 __all__ = ["run_case"]
 
@@ -31,7 +31,7 @@ TRACKED_STEPS = 2
 
 def _hparams(spec: dict) -> dict:
     """The optimizer's hyperparameters with the scenario's defaults filled in."""
-    from .optim.factory import OPTIMIZERS
+    from ngl_profile.zoo.optimizers import OPTIMIZERS
 
     case, scn = spec["case"], spec["scenario"]
     hp = dict(case["hparams"])
@@ -44,7 +44,7 @@ def _hparams(spec: dict) -> dict:
 
 
 def _param_counts(model) -> dict:
-    from .optim.factory import low_rank_parameters
+    from ngl_profile.zoo.optimizers import low_rank_parameters
 
     params = list(model.parameters())
     mats, _ = low_rank_parameters(model)
@@ -56,7 +56,7 @@ def _param_counts(model) -> dict:
 def run_case(spec: dict) -> CaseResult:
     """spec: {"scenario": {...}, "case": {"name", "label", "hparams"}, "mode", "device", "target_bytes"}.
     Never raises for a failing case: the failure is the result (status "oom" or "error")."""
-    from .optim import build
+    from ngl_profile.zoo.optimizers import build
 
     scn, case, mode = spec["scenario"], spec["case"], spec["mode"]
     estimated = mode == "estimated"
@@ -71,7 +71,7 @@ def run_case(spec: dict) -> CaseResult:
     nvml = context_bytes = None
     if cuda:
         context_bytes = _cap_to_target(result, device, spec["target_bytes"])
-        from .measure.nvml import NvmlSampler
+        from ngl_profile.measure.nvml import NvmlSampler
 
         nvml = NvmlSampler(device.index or 0)
     fake = None
@@ -175,7 +175,7 @@ def _unpacked_batches():
 def _cap_to_target(result, device, target_bytes: int) -> int | None:
     """Measure the CUDA context, then cap PyTorch's allocator so that context + pool ≤ the target
     GPU's memory: "fits a 4090" is then tested on a bigger card, not guessed."""
-    from .measure.nvml import NvmlSampler
+    from ngl_profile.measure.nvml import NvmlSampler
 
     torch.cuda.init()
     x = torch.ones(256, 256, device=device)
@@ -244,11 +244,11 @@ def _record_failure(result, status, exc, tracker, gpu, cuda, context_bytes, devi
 
 
 def main() -> int:
-    """python -m ngl_profile.case SPEC.json RESULT.json"""
+    """python -m ngl_profile.engine.case SPEC.json RESULT.json"""
     import warnings
     from dataclasses import asdict
 
-    from .results import write_json_atomic
+    from ngl_profile.schema.results import write_json_atomic
 
     warnings.filterwarnings("ignore")
     spec = json.loads(open(sys.argv[1]).read())

@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .measure.memory import CATEGORIES
-from .results import ResultsError, RunResult, load_results, write_json_atomic
+from ngl_profile.measure.memory import CATEGORIES
+from ngl_profile.schema.results import ResultsError, RunResult, load_results, write_json_atomic
 
 __all__ = ["Thresholds", "Check", "build_checks", "evaluate", "run_check", "compare_runs", "benchmark_json"]
 
@@ -224,7 +224,7 @@ def compare_runs(runs: list[RunResult], markdown: bool, console) -> int:
             rows.append(row)
     legend = "; ".join(f"[{i}] {n}" for i, n in enumerate(names))
     if markdown:
-        from .report.tables import markdown_table
+        from ngl_profile.report.tables import markdown_table
 
         sys.stdout.write(markdown_table(head, rows) + f"\n\n{legend}\n")
         return 0

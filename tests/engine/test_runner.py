@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from ngl_profile.results import load_results, write_json_atomic
-from ngl_profile.runner import run_scenario
-from ngl_profile.scenario import OptimizerCase, Scenario
+from ngl_profile.schema.results import load_results, write_json_atomic
+from ngl_profile.engine.runner import run_scenario
+from ngl_profile.schema.scenario import OptimizerCase, Scenario
 
 
 def scenario(*names):
@@ -33,7 +33,7 @@ def test_failing_case_is_recorded_and_the_next_runs(tmp_path, monkeypatch, fault
 
 def test_results_written_after_each_case(tmp_path, monkeypatch):
     """A run stopped midway keeps its finished cases: the file is rewritten as each one ends."""
-    import ngl_profile.runner as runner
+    import ngl_profile.engine.runner as runner
 
     seen = []
     real_save = runner.write_json_atomic

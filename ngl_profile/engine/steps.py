@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 
-from .models import make_batch
+from ngl_profile.zoo.models import make_batch
 
 __all__ = ["emit", "one_step"]
 

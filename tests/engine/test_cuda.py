@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from ngl_profile.case import run_case
+from ngl_profile.engine.case import run_case
 from ngl_profile.measure.memory import TRACKED
 
-from .conftest import case_spec
+from tests.helpers import case_spec
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -13,10 +13,10 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-from .gpus import get_gpu
-from .models import get_model
-from .results import write_json_atomic
-from .scenario import OptimizerCase, Scenario, load_scenario
+from ngl_profile.zoo.gpus import get_gpu
+from ngl_profile.zoo.models import get_model
+from ngl_profile.schema.results import write_json_atomic
+from ngl_profile.schema.scenario import OptimizerCase, Scenario, load_scenario
 
 __all__ = ["search", "candidates", "KNOBS"]
 
@@ -39,7 +39,7 @@ def candidates(knob: str, scn: Scenario, case: OptimizerCase) -> list:
 
 
 def _applies(knob: str, case: OptimizerCase) -> bool:
-    from .optim.factory import OPTIMIZERS
+    from ngl_profile.zoo.optimizers import OPTIMIZERS
 
     return knob == "batch_size" or knob in OPTIMIZERS[case.name].hparams
 
@@ -58,7 +58,7 @@ def _apply(scn: Scenario, case: OptimizerCase, setting: dict) -> Scenario:
 
 
 def search(args, console) -> int:
-    from .runner import run_scenario
+    from ngl_profile.engine.runner import run_scenario
 
     scn = load_scenario(args.scenario).with_overrides(gpu=args.gpu)
     wanted = [c for c in scn.optimizers if args.optimizer in (c.label, c.name)]
@@ -118,14 +118,14 @@ def _confirm(scn, case, setting, gpu, console):
     """One measured run on this machine's GPU when there is one big enough; None otherwise."""
     import torch
 
-    from .measure.nvml import NvmlSampler
+    from ngl_profile.measure.nvml import NvmlSampler
 
     # NVML, not torch.cuda: this process must not hold a CUDA context while the case runs
     total = NvmlSampler().device_info().get("device_memory_bytes") if torch.cuda.is_available() else None
     if not total or total < gpu.memory_bytes:
         console.print("no CUDA GPU at least as large as the target here: the answer is estimated, not confirmed")
         return None
-    from .runner import run_scenario
+    from ngl_profile.engine.runner import run_scenario
 
     with tempfile.TemporaryDirectory() as tmp:
         run = run_scenario(_apply(scn, case, setting), "measured", "cuda", Path(tmp))

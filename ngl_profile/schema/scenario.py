@@ -24,9 +24,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from .gpus import get_gpu
-from .models import get_model
-from .optim.optimizer import LOW_RANK_DEFAULTS, _validate_low_rank
+from ngl_profile.zoo.gpus import get_gpu
+from ngl_profile.zoo.models import get_model
+from ngl_profile.optim.optimizer import LOW_RANK_DEFAULTS, _validate_low_rank
 
 __all__ = ["Scenario", "OptimizerCase", "ScenarioError", "load_scenario", "resolve_preset",
            "scenario_dir", "preset_names", "DTYPES", "MODES"]
@@ -49,7 +49,7 @@ class OptimizerCase:
     """everything else in the [[optimizers]] entry: rank, history_size, lr, ..."""
 
     def __post_init__(self) -> None:
-        from .optim.factory import OPTIMIZERS
+        from ngl_profile.zoo.optimizers import OPTIMIZERS
 
         spec = OPTIMIZERS.get(self.name)
         if spec is None:
@@ -108,7 +108,7 @@ class Scenario:
         _require(isinstance(self.checkpointing, bool), "checkpointing", self.checkpointing, "true or false")
         _require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a number > 0")
         self.gpu = get_gpu(self.gpu).name
-        from .regress import Thresholds
+        from ngl_profile.analysis.regress import Thresholds
 
         Thresholds.from_table(self.thresholds, "[thresholds]")  # bad keys or values fail at load time
         labels = [c.label for c in self.optimizers]
@@ -144,7 +144,7 @@ _SCENARIO_KEYS = {f.name for f in dataclasses.fields(Scenario)} - {"optimizers",
 
 def scenario_dir() -> Path:
     env = os.environ.get("NGL_PROFILE_SCENARIOS")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "scenarios"
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "scenarios"
 
 
 def preset_names() -> list[str]:

@@ -1,7 +1,7 @@
 """Scenario files: presets, precedence, and validation errors that name file, key and range."""
 import pytest
 
-from ngl_profile.scenario import ScenarioError, load_scenario, preset_names
+from ngl_profile.schema.scenario import ScenarioError, load_scenario, preset_names
 
 
 def write(tmp_path, text):

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from .gpus import get_gpu
-from .results import CaseResult, RunResult, write_json_atomic
-from .scenario import Scenario
+from ngl_profile.zoo.gpus import get_gpu
+from ngl_profile.schema.results import CaseResult, RunResult, write_json_atomic
+from ngl_profile.schema.scenario import Scenario
 
 __all__ = ["plan", "run_scenario", "environment", "RunRefused", "default_out_dir"]
 
@@ -41,7 +41,7 @@ def plan(scn: Scenario, requested: str) -> tuple[str, str]:
 
     Measured on a CPU is only for models that fit this machine's RAM with room to spare.
     """
-    from .models import approx_parameters
+    from ngl_profile.zoo.models import approx_parameters
 
     cuda = _cuda_available()
     if requested == "auto":
@@ -76,7 +76,7 @@ def environment(device: str) -> dict:
     if device == "cuda":
         # through NVML: torch.cuda calls here would give this parent process a CUDA context, which
         # the children would then count as theirs (and it would take memory from the cases)
-        from .measure.nvml import NvmlSampler
+        from ngl_profile.measure.nvml import NvmlSampler
 
         env["cuda"] = torch.version.cuda
         info = NvmlSampler().device_info()
@@ -109,7 +109,7 @@ def _run_child(spec: dict, workdir: Path, index: int, on_event) -> CaseResult:
     label = spec["case"]["label"]
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
     with open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "ngl_profile.case", str(spec_path), str(out_path)],
+        proc = subprocess.Popen([sys.executable, "-m", "ngl_profile.engine.case", str(spec_path), str(out_path)],
                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         for line in proc.stdout:
             try:

@@ -4,9 +4,9 @@ import json
 
 from rich.console import Console
 
-import ngl_profile.runner as runner
-from ngl_profile.fit import search
-from ngl_profile.results import CaseResult, RunResult
+import ngl_profile.engine.runner as runner
+from ngl_profile.analysis.fit import search
+from ngl_profile.schema.results import CaseResult, RunResult
 
 GiB = 1 << 30
 

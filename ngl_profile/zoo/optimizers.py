@@ -6,22 +6,21 @@ take the plain path. Every name except lora and galore-torch also has a `-layerw
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
-from ..dtypes import default_dtype
-from ..registry import unique
-from .layerwise import LayerwiseOptimizer
-from .optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
+from ngl_profile.zoo.dtypes import default_dtype
+from ngl_profile.zoo.registry import unique
+from ngl_profile.optim.layerwise import LayerwiseOptimizer
+from ngl_profile.optim.params import low_rank_parameters
+from ngl_profile.optim.optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
                         NaturalGaLoreAdamW8bit)
 
 __all__ = ["OPTIMIZERS", "build", "low_rank_parameters", "optimizer_names"]
 
-_BLOCK = re.compile(r"(^|\.)(layers|layer|h|blocks)\.\d+\.")
 _ADAM = ("lr", "betas", "eps", "weight_decay")
 _ADAFACTOR = ("lr", "beta1", "weight_decay")
 _GALORE_TORCH = ("rank", "update_proj_gap", "scale", "proj_type")
@@ -30,17 +29,6 @@ _NATURAL = _GALORE + ("history_size", "damping", "history_dtype", "on_subspace_c
 _LORA = ("rank", "lora_alpha", "lora_dropout", "lr", "weight_decay")
 _OURS = ("compile",)  # ngl_profile.optim's fused kernels on/off (kernels.py)
 LAYERWISE_SUFFIX = "-layerwise"
-
-
-def low_rank_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(matrices that get low rank, everything else), trainable parameters only."""
-    chosen: set[int] = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and _BLOCK.search(name + "."):
-            if module.weight.requires_grad:
-                chosen.add(id(module.weight))
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [p for p in params if id(p) in chosen], [p for p in params if id(p) not in chosen]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,13 @@ by hand, and the estimator (FakeTensorMode) equal to the measurement on the CPU.
 import pytest
 import torch
 
-from ngl_profile.case import run_case
+from ngl_profile.engine.case import run_case
 from ngl_profile.measure.memory import CATEGORIES, TRACKED
-from ngl_profile.models import build_model
-from ngl_profile.optim.factory import low_rank_parameters
+from ngl_profile.zoo.models import build_model
+from ngl_profile.zoo.optimizers import low_rank_parameters
 from ngl_profile.optim.projector import clamp_rank, projected_shape, resolve_side
 
-from .conftest import case_spec
+from tests.helpers import case_spec
 
 F32 = 4
 
@@ -94,7 +94,7 @@ def test_estimated_equals_measured_on_cpu(name, hp):
 
 def test_checkpointing_saves_activations():
     plain = run_case(case_spec("adamw", mode="estimated"))
-    from .conftest import scenario_dict
+    from tests.helpers import scenario_dict
     ckpt = run_case(case_spec("adamw", mode="estimated", scenario=scenario_dict(checkpointing=True)))
     assert ckpt.status == "ok", ckpt.message
     assert ckpt.memory_bytes["weights"] == plain.memory_bytes["weights"]
@@ -111,10 +111,10 @@ def test_svd_refresh_is_timed_for_low_rank_optimizers_only():
 def test_cuda_accounting_slack_and_context(monkeypatch):
     """The CUDA branch's arithmetic, without a GPU: slack = reserved − tracked peak, context from
     NVML, all of it in the peak, and fit judged with no assumed context (the real one is counted)."""
-    from ngl_profile import case as case_mod
-    from ngl_profile.gpus import get_gpu
+    from ngl_profile.engine import case as case_mod
+    from ngl_profile.zoo.gpus import get_gpu
     from ngl_profile.measure.memory import MemorySnapshot
-    from ngl_profile.results import CaseResult
+    from ngl_profile.schema.results import CaseResult
 
     GiB = 1 << 30
     monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 20 * GiB)

@@ -3,7 +3,7 @@ import types
 
 import pytest
 
-from ngl_profile.gpus import get_gpu, match_device_name
+from ngl_profile.zoo.gpus import get_gpu, match_device_name
 from ngl_profile.measure.nvml import NvmlSampler
 from ngl_profile.measure.timing import PhaseTimer, model_flops_utilization, tokens_per_second
 

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .measure.memory import CATEGORIES
+from ngl_profile.measure.memory import CATEGORIES
 
 __all__ = ["SCHEMA_VERSION", "CaseResult", "RunResult", "ResultsError", "write_json_atomic",
            "load_results", "cases_frame", "memory_frame"]

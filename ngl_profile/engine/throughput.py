@@ -8,9 +8,9 @@ import time
 
 import torch
 
-from .measure.timing import PhaseTimer, flops_per_token, model_flops_utilization, tokens_per_second
-from .models import make_batch
-from .steps import emit, one_step
+from ngl_profile.measure.timing import PhaseTimer, flops_per_token, model_flops_utilization, tokens_per_second
+from ngl_profile.zoo.models import make_batch
+from ngl_profile.engine.steps import emit, one_step
 
 __all__ = ["timed_steps", "svd_refresh_time", "forward_flops", "roofline_projection"]
 
@@ -50,7 +50,7 @@ def timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None
     result.tokens_per_s = tokens_per_second(tokens, [s["total"] for s in per_step])
     svd_refresh_time(result, opt, device)
     if device.type == "cuda":
-        from .gpus import match_device_name
+        from ngl_profile.zoo.gpus import match_device_name
 
         here = match_device_name(torch.cuda.get_device_name(device))
         peak = here.bf16_tflops if here else None
@@ -72,7 +72,7 @@ def svd_refresh_time(result, opt, device) -> None:
     have it. Timed apart from the steady steps, which a refresh hits only once every T steps."""
     from collections import Counter
 
-    from .optim.projector import clamp_rank, compute_basis, resolve_side
+    from ngl_profile.optim.projector import clamp_rank, compute_basis, resolve_side
 
     inner = getattr(opt, "optimizers", None) or [opt]
     shapes, gaps = Counter(), set()

@@ -5,11 +5,11 @@ import struct
 import pandas as pd
 import pytest
 
-from ngl_profile.case import run_case
+from ngl_profile.engine.case import run_case
 from ngl_profile.report.render import render_report
-from ngl_profile.results import RunResult
+from ngl_profile.schema.results import RunResult
 
-from .conftest import case_spec, scenario_dict
+from tests.helpers import case_spec, scenario_dict
 
 
 def png_size(path):
@@ -71,7 +71,7 @@ def test_size_sweep_needs_two_models(tmp_path, runs):
 def test_cases_csv_and_a_corrupt_file_among_several(tmp_path, runs):
     import json
 
-    from ngl_profile.results import load_many
+    from ngl_profile.schema.results import load_many
 
     measured, estimated = runs
     (tmp_path / "a.json").write_text(json.dumps(measured.to_dict()))

@@ -12,8 +12,8 @@ import contextlib
 import torch
 from torch import nn
 
-from .dtypes import default_dtype
-from .registry import unique
+from ngl_profile.zoo.dtypes import default_dtype
+from ngl_profile.zoo.registry import unique
 
 __all__ = ["MODELS", "ModelSpec", "get_model", "build_model", "make_batch", "approx_parameters"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .registry import unique
+from ngl_profile.zoo.registry import unique
 
 __all__ = ["GPU", "GPUS", "get_gpu", "gpu_names", "CUDA_CONTEXT_BYTES"]
 
