@@ -18,7 +18,8 @@ import time
 import torch
 
 from ngl_profile.zoo.gpus import CUDA_CONTEXT_BYTES, get_gpu
-from ngl_profile.measure.memory import CATEGORIES, MemoryTracker
+from ngl_profile.measure.memory import MemoryTracker
+from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.zoo.models import build_model, get_model
 from ngl_profile.schema.results import CaseResult
 from ngl_profile.engine.steps import emit, one_step
@@ -105,6 +106,7 @@ def run_case(spec: dict) -> CaseResult:
             result.step_time_s["first_tracked_step"] = t_steps[0]
             timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml)
         result.skipped_updates = int(getattr(opt, "skipped_updates", 0))
+        result.damping_backoffs = int(getattr(opt, "damping_backoffs", 0))
     except torch.OutOfMemoryError as e:
         _record_failure(result, "oom", e, tracker, gpu, cuda, context_bytes, device)
     except Exception as e:  # recorded for this case; the runner goes on with the next one

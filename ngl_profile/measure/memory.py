@@ -21,12 +21,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from ngl_profile.schema.categories import CATEGORIES, TRACKED
+
 __all__ = ["CATEGORIES", "TRACKED", "MemoryTracker", "MemorySnapshot", "state_key_category",
            "optimizer_states"]
 
-CATEGORIES = ("weights", "grads", "moments", "quant_stats", "projectors", "history", "activations",
-              "temporaries", "allocator_slack", "context")
-TRACKED = CATEGORIES[:8]  # the last two exist only on CUDA, from the allocator and NVML
 
 _STATE_KEYS = {
     # ours (ngl_profile.optim), torch AdamW, transformers Adafactor, bitsandbytes, galore-torch

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ngl_profile.measure.memory import CATEGORIES
+from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import RunResult
 from ngl_profile.report.tables import provenance_line, unit_for
 

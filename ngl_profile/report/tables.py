@@ -2,7 +2,7 @@
 Markdown for files. One row per optimizer case."""
 from __future__ import annotations
 
-from ngl_profile.measure.memory import CATEGORIES
+from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import RunResult
 
 __all__ = ["SHORT", "gib", "summary_rows", "rich_summary", "markdown_table", "provenance_line", "unit_for"]

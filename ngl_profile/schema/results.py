@@ -11,7 +11,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ngl_profile.measure.memory import CATEGORIES
+from ngl_profile.schema.categories import CATEGORIES
 
 __all__ = ["SCHEMA_VERSION", "CaseResult", "RunResult", "ResultsError", "write_json_atomic",
            "load_results", "cases_frame", "memory_frame"]
@@ -58,6 +58,8 @@ class CaseResult:
     duration_s: float | None = None
     skipped_updates: int = 0
     """parameter updates the optimizer skipped for non-finite gradients"""
+    damping_backoffs: int = 0
+    """Natural GaLore solves whose Cholesky failed at λ and were made at 1e3·λ or 1e6·λ instead"""
 
     @property
     def label(self) -> str:

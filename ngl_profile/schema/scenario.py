@@ -108,7 +108,7 @@ class Scenario:
         _require(isinstance(self.checkpointing, bool), "checkpointing", self.checkpointing, "true or false")
         _require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a number > 0")
         self.gpu = get_gpu(self.gpu).name
-        from ngl_profile.analysis.regress import Thresholds
+        from ngl_profile.schema.thresholds import Thresholds
 
         Thresholds.from_table(self.thresholds, "[thresholds]")  # bad keys or values fail at load time
         labels = [c.label for c in self.optimizers]

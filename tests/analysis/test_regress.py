@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from ngl_profile.analysis.regress import Check, Thresholds, benchmark_json, evaluate
+from ngl_profile.analysis.regress import Check, benchmark_json, evaluate
+from ngl_profile.schema.thresholds import Thresholds
 from ngl_profile.schema.results import CaseResult, RunResult, load_results
 
 MiB = 1 << 20

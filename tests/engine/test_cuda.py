@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ngl_profile.engine.case import run_case
-from ngl_profile.measure.memory import TRACKED
+from ngl_profile.schema.categories import TRACKED
 
 from tests.helpers import case_spec
 

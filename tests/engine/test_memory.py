@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ngl_profile.engine.case import run_case
-from ngl_profile.measure.memory import CATEGORIES, TRACKED
+from ngl_profile.schema.categories import CATEGORIES, TRACKED
 from ngl_profile.zoo.models import build_model
 from ngl_profile.zoo.optimizers import low_rank_parameters
 from ngl_profile.optim.projector import clamp_rank, projected_shape, resolve_side
