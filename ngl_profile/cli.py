@@ -1,5 +1,12 @@
 """ngl-profile command line. Errors become exit codes here and nowhere else:
-0 ok, 1 a regression found by `check`, 2 bad input (one line, no traceback), 130 interrupted.
+
+  0    ok
+  1    `check` found a regression (and nothing else ever exits 1)
+  2    bad input: one line naming the problem, no traceback, nothing run
+  3    `run` finished but a case crashed (the error is recorded in results.json)
+  4    an internal error (a bug): one line; rerun with --debug for the traceback
+  130  interrupted (Ctrl-C), 143 terminated (SIGTERM): finished cases are kept
+
 Heavy imports (torch, transformers, matplotlib) happen inside the commands: `--help` is instant."""
 from __future__ import annotations
 
@@ -10,8 +17,25 @@ from pathlib import Path
 __all__ = ["main"]
 
 
+BAD_INPUT, INTERNAL_ERROR = 2, 4
+
+
 class UsageError(ValueError):
     """Bad input found by the CLI itself."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # one line, like every other error of the tool (argparse prints usage + error: two)
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into an exception so the same clean-up as Ctrl-C runs."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def _csv(text: str) -> list[str]:
@@ -22,9 +46,22 @@ def _csv(text: str) -> list[str]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ngl-profile", description="Memory and throughput profiler for "
-                                "Natural GaLore and the optimizers it is compared with.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from ngl_profile import __version__
+
+    p = _Parser(prog="ngl-profile", description="Memory and throughput profiler for Natural GaLore and "
+                "the optimizers it is compared with.", epilog=_EXAMPLES,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"ngl-profile {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    add = sub.add_parser
+
+    def add_parser(*a, **k):  # --debug after the command works too
+        sp = add(*a, **k)
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        return sp
+
+    sub.add_parser = add_parser
 
     r = sub.add_parser("run", help="profile a scenario: every optimizer, memory by category, tokens/s")
     r.add_argument("scenario", help="preset (7b, 1b, tiny, ...: see `list scenarios`) or a .toml file")
@@ -34,13 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, help="output directory (default reports/<scenario>-<gpu>-<UTC time>/)")
     r.add_argument("--jobs", type=int, help="cases at a time (default: 2 estimated, 1 measured)")
     r.add_argument("--no-report", action="store_true", help="do not render charts and report files")
+    r.add_argument("--force", action="store_true", help="overwrite a results.json already in --out")
 
     ls = sub.add_parser("list", help="list models, gpus, optimizers or scenarios")
     ls.add_argument("what", choices=("models", "gpus", "optimizers", "scenarios"))
 
     f = sub.add_parser("fit", help="largest settings that fit a GPU (estimated; confirmed if a GPU is here)")
-    f.add_argument("scenario")
-    f.add_argument("--gpu", required=True)
+    f.add_argument("scenario", help="preset or .toml file, as for `run`")
+    f.add_argument("--gpu", help="target GPU (default: the scenario's)")
     f.add_argument("--optimizer", required=True, help="optimizer name or a label from the scenario")
     f.add_argument("--vary", type=_csv, default=["batch_size", "history_size", "rank", "history_dtype"],
                    help="knobs to search, in priority order (default: batch_size,history_size,rank,history_dtype)")
@@ -51,12 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", type=Path, help="output directory (default: beside the first results file)")
 
     c = sub.add_parser("compare", help="side-by-side table of two or more runs")
-    c.add_argument("results", nargs="+", type=Path)
+    c.add_argument("results", nargs="+", type=Path, help="results.json files or run directories")
     c.add_argument("--md", action="store_true", help="print Markdown instead of a terminal table")
 
     ch = sub.add_parser("check", help="fail (exit 1) when a run regresses against a baseline")
-    ch.add_argument("results", type=Path)
-    ch.add_argument("--baseline", type=Path, required=True)
+    ch.add_argument("results", type=Path, help="the run to check (results.json or its directory)")
+    ch.add_argument("--baseline", type=Path, required=True, help="the results file to check against")
     ch.add_argument("--thresholds", type=Path, help="TOML file with a [thresholds] table")
     ch.add_argument("--update-baseline", action="store_true", help="rewrite the baseline with these results")
     ch.add_argument("--export-benchmark-json", type=Path, metavar="FILE",
@@ -64,17 +102,48 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_EXAMPLES = """examples:
+  ngl-profile run 7b --gpu 4090                 does LLaMA-7B train on a 24 GB card, with which optimizer?
+  ngl-profile run tiny --mode measured --out r  profile the CI scenario on this machine
+  ngl-profile fit 7b --optimizer natural-galore-8bit-layerwise --vary history_size,history_dtype
+  ngl-profile compare runA runB --md            side by side, with deltas
+  ngl-profile check run --baseline base.json    exit 1 on a regression
+
+exit codes: 0 ok, 1 regression (check), 2 bad input, 3 a case crashed (run), 4 internal error,
+130 interrupted, 143 terminated"""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else e.__class__.__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import signal
+
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return _dispatch(args)
+    except Terminated:
+        print("ngl-profile: terminated (SIGTERM); finished cases are kept in results.json", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print("ngl-profile: interrupted", file=sys.stderr)
+        print("ngl-profile: interrupted; finished cases are kept in results.json", file=sys.stderr)
         return 130
     except (ValueError, OSError) as e:  # every user-facing error class derives from these
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        print(f"ngl-profile: error: {msg}", file=sys.stderr)
-        return 2
+        if args.debug:
+            raise
+        print(f"ngl-profile: error: {_one_line(e)}", file=sys.stderr)
+        return BAD_INPUT
+    except Exception as e:  # noqa: BLE001 — a bug: one line and a distinct code, never exit 1
+        if args.debug:
+            raise
+        print(f"ngl-profile: internal error: {e.__class__.__name__}: {_one_line(e)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _dispatch(args) -> int:

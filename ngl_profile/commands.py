@@ -4,7 +4,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["run", "list_things", "fit", "report", "compare", "check"]
+__all__ = ["run", "list_things", "fit", "report", "compare", "check", "CASE_FAILED"]
+
+CASE_FAILED = 3  # `run` finished, but at least one case crashed (recorded in results.json)
 
 
 def _console():
@@ -26,8 +28,9 @@ def _check_writable(out: Path) -> None:
 
 
 def run(args) -> int:
-    from ngl_profile.engine.runner import default_out_dir, plan
-    from ngl_profile.schema.scenario import load_scenario
+    from ngl_profile.engine.runner import default_out_dir, output_lock, plan
+    from ngl_profile.schema.presets import load_scenario
+    from ngl_profile.zoo.optimizers import OPTIMIZERS
 
     scn = load_scenario(args.scenario)
     scn = scn.with_overrides(gpu=args.gpu, mode=args.mode)
@@ -35,28 +38,32 @@ def run(args) -> int:
         scn = scn.select(args.optimizers)
     if not scn.optimizers:
         raise ValueError(f"{scn.source}: no [[optimizers]] to run")
-    if args.jobs is not None and args.jobs < 1:
-        raise ValueError(f"--jobs must be ≥ 1; got {args.jobs}")
+    for c in scn.optimizers:
+        OPTIMIZERS[c.name].check_available()
+    if args.jobs is not None and not 1 <= args.jobs <= 64:
+        raise ValueError(f"--jobs must be in [1, 64]; got {args.jobs}")
     mode, device = plan(scn, scn.mode)
     out = args.out or default_out_dir(scn)
     _check_writable(out)
-    console = _console()
-    console.print(f"[bold]{scn.name}[/]: {len(scn.optimizers)} optimizer(s), {mode} on {device}, target "
-                  f"{scn.gpu} → {out}")
-    result = _run_with_progress(console, scn, mode, device, out, args.jobs)
-    from ngl_profile.report.tables import rich_summary
+    with output_lock(out, force=args.force):
+        console = _console()
+        console.print(f"[bold]{scn.name}[/]: {len(scn.optimizers)} optimizer(s), {mode} on {device}, target "
+                      f"{scn.gpu} → {out}")
+        result = _run_with_progress(console, scn, mode, device, out, args.jobs)
+        from ngl_profile.report.tables import rich_summary
 
-    console.print(rich_summary(result))
-    for c in result.cases:
-        if c.status != "ok":
-            console.print(f"[yellow]{c.label}: {c.status}: {c.message}[/]")
-    console.print(f"results: {out / 'results.json'}")
-    if not args.no_report:
-        from ngl_profile.report.render import render_report
+        console.print(rich_summary(result))
+        for c in result.cases:
+            if c.status != "ok":
+                console.print(f"[yellow]{c.label}: {c.status}: {c.message}[/]")
+        console.print(f"results: {out / 'results.json'}")
+        if not args.no_report:
+            from ngl_profile.report.render import render_report
 
-        files = render_report([result], out)
-        console.print(f"report: {out / 'report.md'} ({len(files)} files)")
-    return 0
+            files = render_report([result], out)
+            console.print(f"report: {out / 'report.md'} ({len(files)} files)")
+    # an OOM is a result; a case that crashed is not: say so in the exit code (see cli.py)
+    return CASE_FAILED if any(c.status == "error" for c in result.cases) else 0
 
 
 def _run_with_progress(console, scn, mode, device, out, jobs):
@@ -112,7 +119,7 @@ def list_things(what: str) -> int:
         for spec in OPTIMIZERS.values():
             t.add_row(spec.name, spec.description, ", ".join(spec.hparams))
     else:
-        from ngl_profile.schema.scenario import load_scenario, preset_names, scenario_dir
+        from ngl_profile.schema.presets import load_scenario, preset_names, scenario_dir
 
         for col in ("preset", "model", "gpu", "optimizers"):
             t.add_column(col)
@@ -124,9 +131,46 @@ def list_things(what: str) -> int:
 
 
 def fit(args) -> int:
-    from ngl_profile.analysis.fit import search
+    from ngl_profile.analysis.fit import check_knobs, search, write_fit
+    from ngl_profile.engine.runner import output_lock
+    from ngl_profile.report.tables import fit_table
+    from ngl_profile.schema.presets import load_scenario
+    from ngl_profile.schema.scenario import OptimizerCase
+    from ngl_profile.zoo.gpus import get_gpu
 
-    return search(args, _console())
+    scn = load_scenario(args.scenario).with_overrides(gpu=args.gpu)
+    check_knobs(args.vary)
+    wanted = [c for c in scn.optimizers if args.optimizer in (c.label, c.name)]
+    case = wanted[0] if wanted else OptimizerCase(name=args.optimizer)
+    out = args.out or Path("reports") / f"fit-{scn.name}-{case.name}-{get_gpu(scn.gpu).name}"
+    _check_writable(out)  # before the search, not after minutes of it
+    console = _console()
+    with output_lock(out, force=True):
+        console.print(f"[bold]fit[/] {case.label} on {scn.gpu}: {scn.name}, varying {', '.join(args.vary)} "
+                      "(each probe an estimated run)")
+
+        def on_probe(p) -> None:
+            verdict = "[green]fits[/]" if p.fits else f"[red]{'does not fit' if p.status == 'ok' else p.status}[/]"
+            shown = ", ".join(f"{k}={v}" for k, v in p.setting.items())
+            console.print(f"  {shown} → {p.peak_bytes / 2**30:,.2f} GiB {verdict}")
+
+        result = search(scn, case, args.vary, on_probe=on_probe)
+        write_fit(result, out / "fit.json")
+    if result.not_varied:
+        console.print(f"[yellow]{case.name} has no {', '.join(result.not_varied)}: not varied[/]")
+    console.print(fit_table(result))
+    if result.best is None:
+        console.print(f"[red]no value of {result.failed_knob} fits {result.gpu}[/]")
+    else:
+        shown = ", ".join(f"{k} = {v}" for k, v in result.best.items())
+        console.print(f"[bold green]{case.label} on {result.gpu}: {shown}[/] — {result.provenance} peak "
+                      f"{result.best_peak_bytes / 2**30:,.2f} GiB of {result.gpu_memory_bytes / 2**30:,.2f} GiB"
+                      + (" (+512 MiB assumed CUDA context)" if result.confirmed is None else ""))
+        if result.confirmed is None:
+            console.print("no CUDA GPU at least as large as the target here: the answer is estimated, "
+                          "not confirmed by a measured run")
+    console.print(f"fit.json: {out / 'fit.json'}")
+    return 0
 
 
 def report(args) -> int:
@@ -138,7 +182,15 @@ def report(args) -> int:
     if not runs:
         raise ResultsError("none of the results files could be read")
     first = args.results[0]
-    out = args.out or (first if first.is_dir() else first.parent)
+    if args.out is not None:
+        out = args.out
+    elif len(args.results) == 1:
+        out = first if first.is_dir() else first.parent  # a run's own report, re-rendered in place
+    else:
+        # several runs: a new folder, never over the first run's own report
+        from datetime import datetime, timezone
+
+        out = Path("reports") / f"combined-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     _check_writable(out)
     files = render_report(runs, out)
     console = _console()

@@ -3,28 +3,63 @@
 Memory grows monotonically with batch size, history size s, rank and history precision, so each
 knob is searched by bisection over its candidate values, in the priority order given, with the
 knobs already settled held fixed (coordinate search, ~log2(candidates) estimates per knob). Every
-probe is an estimated run of the real model, optimizer and step (runner.py). When this machine
-has a CUDA GPU at least as large as the target, the answer is confirmed by one measured run.
+probe is an estimated run of the real model, optimizer and step (engine/runner.py). When this
+machine has a CUDA GPU at least as large as the target, the answer is confirmed by one measured
+run. Returns data (`FitResult`); the CLI prints it.
 """
 from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from ngl_profile.schema.results import write_json_atomic
+from ngl_profile.schema.scenario import OptimizerCase, Scenario
 from ngl_profile.zoo.gpus import get_gpu
 from ngl_profile.zoo.models import get_model
-from ngl_profile.schema.results import write_json_atomic
-from ngl_profile.schema.scenario import OptimizerCase, Scenario, load_scenario
 
-__all__ = ["search", "candidates", "KNOBS"]
+__all__ = ["KNOBS", "Probe", "FitResult", "candidates", "check_knobs", "search", "write_fit"]
 
 KNOBS = ("batch_size", "history_size", "rank", "history_dtype")
 _PRECISION = ["int8", "bfloat16", "float32"]  # ascending memory
 
 
-def candidates(knob: str, scn: Scenario, case: OptimizerCase) -> list:
+@dataclass(frozen=True, slots=True)
+class Probe:
+    setting: dict
+    fits: bool
+    peak_bytes: int
+    status: str
+    message: str = ""
+
+
+@dataclass(kw_only=True, slots=True)
+class FitResult:
+    scenario: str
+    model: str
+    gpu: str
+    gpu_memory_bytes: int
+    optimizer: str
+    label: str
+    best: dict | None
+    """the largest setting that fits; None when not even the smallest does"""
+    best_peak_bytes: int | None = None
+    failed_knob: str | None = None
+    """the knob for which no value fit (best is then None)"""
+    not_varied: list = field(default_factory=list)
+    """knobs asked for that the optimizer does not have"""
+    probes: list[Probe] = field(default_factory=list)
+    confirmed: dict | None = None
+    """the measured case, when a GPU at least as large as the target was here"""
+
+    @property
+    def provenance(self) -> str:
+        return "estimated" if self.confirmed is None else "estimated, confirmed by a measured run"
+
+
+def candidates(knob: str, scn: Scenario) -> list:
     """Values in ascending memory order."""
     if knob == "batch_size":
         return [1, 2, 4, 8, 16, 32, 64, 128]
@@ -38,16 +73,20 @@ def candidates(knob: str, scn: Scenario, case: OptimizerCase) -> list:
     raise ValueError(f"--vary: unknown knob {knob!r}; allowed: {', '.join(KNOBS)}")
 
 
+def check_knobs(knobs: list[str]) -> None:
+    """ValueError for an unknown or repeated knob: bad input, found before any estimate runs."""
+    for k in knobs:
+        if k not in KNOBS:
+            raise ValueError(f"--vary: unknown knob {k!r}; allowed: {', '.join(KNOBS)}")
+    dup = sorted({k for k in knobs if knobs.count(k) > 1})
+    if dup:
+        raise ValueError(f"--vary: {dup[0]} given twice")
+
+
 def _applies(knob: str, case: OptimizerCase) -> bool:
     from ngl_profile.zoo.optimizers import OPTIMIZERS
 
     return knob == "batch_size" or knob in OPTIMIZERS[case.name].hparams
-
-
-def _setting(scn: Scenario, case: OptimizerCase) -> dict:
-    out = {"batch_size": scn.batch_size}
-    out.update({k: case.hparams[k] for k in KNOBS[1:] if k in case.hparams})
-    return out
 
 
 def _apply(scn: Scenario, case: OptimizerCase, setting: dict) -> Scenario:
@@ -57,88 +96,71 @@ def _apply(scn: Scenario, case: OptimizerCase, setting: dict) -> Scenario:
     return scn.with_overrides(batch_size=setting["batch_size"], optimizers=[c])
 
 
-def search(args, console) -> int:
-    from ngl_profile.engine.runner import run_scenario
+def search(scn: Scenario, case: OptimizerCase, vary: list[str],
+           on_probe: Callable[[Probe], None] = lambda probe: None) -> FitResult:
+    from ngl_profile.engine import runner
 
-    scn = load_scenario(args.scenario).with_overrides(gpu=args.gpu)
-    wanted = [c for c in scn.optimizers if args.optimizer in (c.label, c.name)]
-    case = wanted[0] if wanted else OptimizerCase(name=args.optimizer)
-    for k in args.vary:
-        candidates(k, scn, case)  # an unknown knob is bad input: raises with the allowed ones
-    knobs = [k for k in args.vary if _applies(k, case)]
-    skipped = [k for k in args.vary if k not in knobs]
-    if skipped:
-        console.print(f"[yellow]{case.name} has no {', '.join(skipped)}: not varied[/]")
+    check_knobs(vary)
+    knobs = [k for k in vary if _applies(k, case)]
     gpu = get_gpu(scn.gpu)
-    probes: list[dict] = []
-    cache: dict[str, tuple[bool, int, dict]] = {}
+    result = FitResult(scenario=scn.name, model=scn.model, gpu=gpu.name, gpu_memory_bytes=gpu.memory_bytes,
+                       optimizer=case.name, label=case.label, best=None,
+                       not_varied=[k for k in vary if k not in knobs])
+    cache: dict[str, Probe] = {}
 
-    def fits(setting: dict) -> bool:
+    def probe(setting: dict) -> Probe:
         key = json.dumps(setting, sort_keys=True)
         if key not in cache:
-            trial = _apply(scn, case, setting)
             with tempfile.TemporaryDirectory() as tmp:
-                run = run_scenario(trial, "estimated", "cpu", Path(tmp))
+                run = runner.run_scenario(_apply(scn, case, setting), "estimated", "cpu", Path(tmp))
             c = run.cases[0]
-            ok = c.status == "ok" and bool(c.fits)
-            cache[key] = (ok, c.peak_bytes, c.memory_bytes)
-            probes.append({"setting": dict(setting), "fits": ok, "peak_bytes": c.peak_bytes,
-                           "status": c.status, "message": c.message})
-            console.print(f"  {setting} → {c.peak_bytes / 2**30:.2f} GiB "
-                          f"{'[green]fits[/]' if ok else '[red]does not fit[/]'}")
-        return cache[key][0]
+            cache[key] = p = Probe(setting=dict(setting), fits=c.status == "ok" and bool(c.fits),
+                                   peak_bytes=c.peak_bytes, status=c.status, message=c.message)
+            result.probes.append(p)
+            on_probe(p)
+        return cache[key]
 
-    setting = _setting(scn, case)
+    setting = {"batch_size": scn.batch_size}
+    setting.update({k: case.hparams[k] for k in KNOBS[1:] if k in case.hparams})
     for knob in knobs:
-        values = candidates(knob, scn, case)
-        lo_fits = None
-        lo, hi = 0, len(values) - 1
-        # bisection for the last value that fits (memory is monotone in each knob)
-        while lo <= hi:
+        values = candidates(knob, scn)
+        best_i, lo, hi = None, 0, len(values) - 1
+        while lo <= hi:  # bisection for the last value that fits (memory is monotone in each knob)
             mid = (lo + hi) // 2
-            if fits({**setting, knob: values[mid]}):
-                lo_fits, lo = mid, mid + 1
+            if probe({**setting, knob: values[mid]}).fits:
+                best_i, lo = mid, mid + 1
             else:
                 hi = mid - 1
-        if lo_fits is None:
-            console.print(f"[red]no value of {knob} fits {gpu.name} with {setting}[/]")
-            _write(args, scn, case, gpu, setting, probes, None)
-            return 0
-        setting[knob] = values[lo_fits]
-        console.print(f"[bold]{knob} = {setting[knob]}[/]")
-    confirmed = _confirm(scn, case, setting, gpu, console)
-    _write(args, scn, case, gpu, setting, probes, confirmed)
-    peak = cache[json.dumps(setting, sort_keys=True)][1]
-    console.print(f"[bold green]{case.label} on {gpu.name}: {setting}[/] — estimated peak "
-                  f"{peak / 2**30:.2f} GiB of {gpu.memory_gib:.2f} GiB (+512 MiB assumed CUDA context)")
-    return 0
+        if best_i is None:
+            result.failed_knob = knob
+            return result
+        setting[knob] = values[best_i]
+    result.best = setting
+    result.best_peak_bytes = probe(setting).peak_bytes
+    result.confirmed = _confirm(scn, case, setting, gpu)
+    return result
 
 
-def _confirm(scn, case, setting, gpu, console):
+def _confirm(scn, case, setting, gpu) -> dict | None:
     """One measured run on this machine's GPU when there is one big enough; None otherwise."""
     import torch
 
+    from ngl_profile.engine import runner
     from ngl_profile.measure.nvml import NvmlSampler
 
-    # NVML, not torch.cuda: this process must not hold a CUDA context while the case runs
-    total = NvmlSampler().device_info().get("device_memory_bytes") if torch.cuda.is_available() else None
-    if not total or total < gpu.memory_bytes:
-        console.print("no CUDA GPU at least as large as the target here: the answer is estimated, not confirmed")
+    if not torch.cuda.is_available():
         return None
-    from ngl_profile.engine.runner import run_scenario
-
+    # NVML, not torch.cuda: this process must not hold a CUDA context while the case runs
+    total = (NvmlSampler().device_info() or {}).get("device_memory_bytes")
+    if not total or total < gpu.memory_bytes:
+        return None
     with tempfile.TemporaryDirectory() as tmp:
-        run = run_scenario(_apply(scn, case, setting), "measured", "cuda", Path(tmp))
-    c = run.cases[0]
-    console.print(f"measured on {run.environment.get('device_name')}: {c.status}, peak "
-                  f"{c.peak_bytes / 2**30:.2f} GiB, fits={c.fits}")
-    return asdict(c)
+        run = runner.run_scenario(_apply(scn, case, setting), "measured", "cuda", Path(tmp))
+    return {**asdict(run.cases[0]), "device_name": run.environment.get("device_name")}
 
 
-def _write(args, scn, case, gpu, setting, probes, confirmed) -> None:
-    out = args.out or Path("reports") / f"fit-{scn.name}-{case.name}-{gpu.name}"
-    write_json_atomic(Path(out) / "fit.json", {
-        "schema_version": 1, "scenario": scn.name, "model": scn.model, "gpu": gpu.name,
-        "optimizer": case.name, "best": setting, "probes": probes,
-        "provenance": "estimated" if confirmed is None else "estimated, confirmed by a measured run",
-        "confirmed": confirmed})
+def write_fit(result: FitResult, path: Path) -> None:
+    d = asdict(result)
+    d["provenance"] = result.provenance
+    d["schema_version"] = 1
+    write_json_atomic(path, d)

@@ -20,28 +20,15 @@ import torch
 from ngl_profile.zoo.gpus import CUDA_CONTEXT_BYTES, get_gpu
 from ngl_profile.measure.memory import MemoryTracker
 from ngl_profile.schema.categories import CATEGORIES
-from ngl_profile.zoo.models import build_model, get_model
+from ngl_profile.zoo.models import build_model
 from ngl_profile.schema.results import CaseResult
+from ngl_profile.schema.scenario import CaseSpec
 from ngl_profile.engine.steps import emit, one_step
 from ngl_profile.engine.throughput import forward_flops, roofline_projection, timed_steps
 
 __all__ = ["run_case"]
 
 TRACKED_STEPS = 2
-
-
-def _hparams(spec: dict) -> dict:
-    """The optimizer's hyperparameters with the scenario's defaults filled in."""
-    from ngl_profile.zoo.optimizers import OPTIMIZERS
-
-    case, scn = spec["case"], spec["scenario"]
-    hp = dict(case["hparams"])
-    spec = OPTIMIZERS[case["name"]]
-    if "lr" in spec.hparams:
-        hp.setdefault("lr", scn["lr"])
-    if spec.low_rank:
-        hp.setdefault("rank", get_model(scn["model"]).default_rank)
-    return hp
 
 
 def _param_counts(model) -> dict:
@@ -54,24 +41,25 @@ def _param_counts(model) -> dict:
             "low_rank": sum(p.numel() for p in mats)}
 
 
-def run_case(spec: dict) -> CaseResult:
-    """spec: {"scenario": {...}, "case": {"name", "label", "hparams"}, "mode", "device", "target_bytes"}.
+def run_case(spec: CaseSpec | dict) -> CaseResult:
+    """One case, in this process (a CaseSpec, or its dict form, which is validated first).
     Never raises for a failing case: the failure is the result (status "oom" or "error")."""
     from ngl_profile.zoo.optimizers import build
 
-    scn, case, mode = spec["scenario"], spec["case"], spec["mode"]
+    spec = CaseSpec.from_dict(spec)
+    scn, case, mode = spec.scenario, spec.case, spec.mode
     estimated = mode == "estimated"
-    device = torch.device("cpu" if estimated else spec["device"])
-    dtype = getattr(torch, scn["dtype"])
-    gpu = get_gpu(scn["gpu"])
-    result = CaseResult(optimizer={"name": case["name"], "label": case["label"], "hparams": _hparams(spec)},
+    device = torch.device("cpu" if estimated else spec.device)
+    dtype = getattr(torch, scn.dtype)
+    gpu = get_gpu(scn.gpu)
+    result = CaseResult(optimizer={"name": case.name, "label": case.label, "hparams": spec.hparams},
                         status="ok", provenance=mode)
     t_start = time.perf_counter()
     torch.manual_seed(0)
     cuda = device.type == "cuda"
     nvml = context_bytes = None
     if cuda:
-        context_bytes = _cap_to_target(result, device, spec["target_bytes"])
+        context_bytes = _cap_to_target(result, device, spec.target_bytes)
         from ngl_profile.measure.nvml import NvmlSampler
 
         nvml = NvmlSampler(device.index or 0)
@@ -87,13 +75,13 @@ def run_case(spec: dict) -> CaseResult:
     model = opt = None
     try:
         with same_attention_path, fake if fake is not None else contextlib.nullcontext():
-            model = build_model(scn["model"], dtype, scn["checkpointing"], device=device)
+            model = build_model(scn.model, dtype, scn.checkpointing, device=device)
             tracker.attach(model)  # before the optimizer: its grad hooks must run before layerwise ones
-            opt = build(case["name"], model, **result.optimizer["hparams"])
+            opt = build(case.name, model, **result.optimizer["hparams"])
             tracker.attach(model)  # LoRA adds adapter weights
             result.params = _param_counts(model)
-            tokens = scn["batch_size"] * scn["seq_len"]
-            _injected_fault(case["label"])
+            tokens = scn.batch_size * scn.seq_len
+            _injected_fault(case.label)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             t_steps = _tracked_steps(result, model, opt, scn, device, gen, tracker)
@@ -253,7 +241,8 @@ def main() -> int:
     from ngl_profile.schema.results import write_json_atomic
 
     warnings.filterwarnings("ignore")
-    spec = json.loads(open(sys.argv[1]).read())
+    with open(sys.argv[1]) as f:
+        spec = CaseSpec.from_dict(json.load(f))
     result = run_case(spec)
     write_json_atomic(sys.argv[2], asdict(result))
     return 0

@@ -10,20 +10,22 @@ from __future__ import annotations
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
 from ngl_profile.zoo.gpus import get_gpu
 from ngl_profile.schema.results import CaseResult, RunResult, write_json_atomic
-from ngl_profile.schema.scenario import Scenario
+from ngl_profile.schema.scenario import CaseSpec, Scenario
 
-__all__ = ["plan", "run_scenario", "environment", "RunRefused", "default_out_dir"]
+__all__ = ["plan", "run_scenario", "environment", "RunRefused", "OutputBusy", "output_lock", "default_out_dir"]
 
 
 class RunRefused(ValueError):
@@ -98,34 +100,134 @@ def _git_commit() -> str | None:
 
 def default_out_dir(scn: Scenario) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path("reports") / f"{scn.name}-{scn.gpu}-{stamp}"
+    return Path("reports") / f"{scn.name}-{scn.gpu}-{stamp}"  # both names checked: no '/' or '..'
 
 
-def _run_child(spec: dict, workdir: Path, index: int, on_event) -> CaseResult:
+class OutputBusy(OSError):
+    """The output directory is taken: another run is writing there, or it holds a finished run."""
+
+
+@contextmanager
+def output_lock(out: Path, force: bool = False):
+    """Hold `out` for one run: refuse a directory another live run holds, and one that already has
+    a results.json unless `force` (two runs into one folder would silently overwrite each other)."""
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".ngl-profile.lock"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            pid = _lock_owner(lock)
+            if pid is not None and _alive(pid):
+                raise OutputBusy(f"{out} is being written by another ngl-profile run (pid {pid})") from None
+            lock.unlink(missing_ok=True)  # left by a run that died: take it over
+    else:
+        raise OutputBusy(f"{out}: cannot take the lock {lock.name}")
+    try:
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        if (out / "results.json").exists() and not force:
+            raise OutputBusy(f"{out} already holds a run's results.json; choose another --out, or pass --force "
+                             "to overwrite it")
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _lock_owner(lock: Path) -> int | None:
+    try:
+        return int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:
+        return f"signal {n}"
+
+
+class _Children:
+    """The live case processes, so an interrupted run can end them instead of orphaning them."""
+
+    def __init__(self):
+        self._procs: set[subprocess.Popen] = set()
+        self._lock = threading.Lock()
+        self.closing = False
+
+    def start(self, *args, **kwargs) -> subprocess.Popen:
+        with self._lock:
+            if self.closing:
+                raise _Cancelled()
+            proc = subprocess.Popen(*args, **kwargs)
+            self._procs.add(proc)
+            return proc
+
+    def done(self, proc) -> None:
+        with self._lock:
+            self._procs.discard(proc)
+
+    def end_all(self, grace_s: float = 5.0) -> None:
+        with self._lock:
+            self.closing = True
+            procs = list(self._procs)
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+class _Cancelled(Exception):
+    """A queued case that never started because the run is being interrupted."""
+
+
+def _run_child(spec: CaseSpec, workdir: Path, index: int, on_event, children: _Children) -> CaseResult:
     spec_path = workdir / f"case{index}.json"
     out_path = workdir / f"case{index}.result.json"
     err_path = workdir / f"case{index}.stderr"
-    spec_path.write_text(json.dumps(spec))
-    label = spec["case"]["label"]
+    spec_path.write_text(json.dumps(spec.to_dict()))
+    label = spec.case.label
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
     with open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "ngl_profile.engine.case", str(spec_path), str(out_path)],
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=env)
-        for line in proc.stdout:
-            try:
-                on_event(label, json.loads(line))
-            except json.JSONDecodeError:
-                pass
-        rc = proc.wait()
-    if out_path.is_file():
-        data = json.loads(out_path.read_text())
-        return CaseResult(**data)
+        proc = children.start([sys.executable, "-m", "ngl_profile.engine.case", str(spec_path), str(out_path)],
+                              stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        try:
+            for line in proc.stdout:
+                try:
+                    on_event(label, json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+            rc = proc.wait()
+        finally:
+            children.done(proc)
+    if rc == 0 and out_path.is_file():
+        return CaseResult(**json.loads(out_path.read_text()))
     tail = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
-    opt = {"name": spec["case"]["name"], "label": label, "hparams": spec["case"]["hparams"]}
-    if rc in (-9, 137):
-        return CaseResult(optimizer=opt, status="oom", provenance=spec["mode"], fits=False,
-                          message="killed by SIGKILL: the host ran out of memory (OS OOM killer)")
-    return CaseResult(optimizer=opt, status="error", provenance=spec["mode"],
+    opt = {"name": spec.case.name, "label": label, "hparams": spec.hparams}
+    if rc < 0:
+        n = -rc
+        why = (": SIGKILL is also what the kernel's OOM killer sends when the host runs out of memory "
+               "(see `dmesg`)") if n == signal.SIGKILL else ""
+        return CaseResult(optimizer=opt, status="error", provenance=spec.mode,
+                          message=f"case process killed by signal {n} ({_signal_name(n)}){why}")
+    return CaseResult(optimizer=opt, status="error", provenance=spec.mode,
                       message=f"case process exited with code {rc}: {tail[-1] if tail else 'no output'}")
 
 
@@ -133,12 +235,12 @@ def run_scenario(scn: Scenario, mode: str, device: str, out_dir: Path,
                  on_event: Callable[[str, dict], None] = lambda label, ev: None,
                  jobs: int | None = None) -> RunResult:
     """Run every case; results.json in out_dir is rewritten (atomically) as each case finishes,
-    so an interrupted run keeps what it finished."""
+    so an interrupted run keeps what it finished. An interrupt (Ctrl-C, SIGTERM turned into
+    KeyboardInterrupt by the CLI) ends the running case processes and removes the temp folder."""
     gpu = get_gpu(scn.gpu)
-    scn_dict = {k: v for k, v in asdict(scn).items() if k != "optimizers"}
-    run = RunResult(scenario=scn_dict, gpu={"name": gpu.name, "memory_bytes": gpu.memory_bytes,
-                                            "bf16_tflops": gpu.bf16_tflops, "bandwidth_gbs": gpu.bandwidth_gbs,
-                                            "source": gpu.source},
+    run = RunResult(scenario=scn.to_dict(), gpu={"name": gpu.name, "memory_bytes": gpu.memory_bytes,
+                                                 "bf16_tflops": gpu.bf16_tflops, "bandwidth_gbs": gpu.bandwidth_gbs,
+                                                 "source": gpu.source},
                     mode=mode, device=device, environment=environment(device),
                     created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -150,22 +252,23 @@ def run_scenario(scn: Scenario, mode: str, device: str, out_dir: Path,
         write_json_atomic(results_path, run.to_dict())
 
     save()
-    specs = [{"scenario": scn_dict, "case": {"name": c.name, "label": c.label, "hparams": c.hparams},
-              "mode": mode, "device": device, "target_bytes": gpu.memory_bytes} for c in scn.optimizers]
+    specs = [CaseSpec(scenario=scn, case=c, mode=mode, device=device, target_bytes=gpu.memory_bytes)
+             for c in scn.optimizers]
     jobs = jobs or (min(2, os.cpu_count() or 1) if mode == "estimated" else 1)
+    children = _Children()
     with tempfile.TemporaryDirectory(prefix="ngl-profile-") as tmp:
         pool = ThreadPoolExecutor(max_workers=jobs)
         futures = {}
         try:
             for i, spec in enumerate(specs):
-                on_event(spec["case"]["label"], {"event": "queued"})
-                futures[pool.submit(_run_child, spec, Path(tmp), i, on_event)] = i
+                on_event(spec.case.label, {"event": "queued"})
+                futures[pool.submit(_run_child, spec, Path(tmp), i, on_event, children)] = i
             for fut in as_completed(futures):
                 i = futures[fut]
                 slots[i] = fut.result()
-                on_event(specs[i]["case"]["label"], {"event": "done", "status": slots[i].status})
+                on_event(specs[i].case.label, {"event": "done", "status": slots[i].status})
                 save()
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            children.end_all()  # no-op after a normal finish; on an interrupt, no orphaned case
+            pool.shutdown(wait=True, cancel_futures=True)
     return run
-

@@ -27,7 +27,7 @@ def _phase_ctx(tracker, timer, name):
 
 def one_step(model, opt, scn, device, gen, tracker=None, timer=None) -> None:
     with _phase_ctx(tracker, timer, "forward"):
-        batch = make_batch(scn["model"], scn["batch_size"], scn["seq_len"], device=device, generator=gen)
+        batch = make_batch(scn.model, scn.batch_size, scn.seq_len, device=device, generator=gen)
         loss = model(**batch).loss
     with _phase_ctx(tracker, timer, "backward"):
         loss.backward()

@@ -20,22 +20,22 @@ def forward_flops(result, model, scn, device, gen, tokens) -> None:
     which does not count activation recomputation). Counted under no_grad: no graph, no gradients."""
     def fwd():
         with torch.no_grad():
-            batch = make_batch(scn["model"], scn["batch_size"], scn["seq_len"], device=device, generator=gen)
+            batch = make_batch(scn.model, scn.batch_size, scn.seq_len, device=device, generator=gen)
             model(**batch)
 
     result.flops_per_token = 3 * flops_per_token(fwd, tokens)
 
 
 def timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None:
-    for i in range(scn["warmup"]):
-        emit("step", kind="warmup", i=i + 1, n=scn["warmup"])
+    for i in range(scn.warmup):
+        emit("step", kind="warmup", i=i + 1, n=scn.warmup)
         one_step(model, opt, scn, device, gen)
     timer = PhaseTimer(device)
     per_step = []
     if nvml is not None:
         nvml.start()
-    for i in range(scn["steps"]):
-        emit("step", kind="timed", i=i + 1, n=scn["steps"])
+    for i in range(scn.steps):
+        emit("step", kind="timed", i=i + 1, n=scn.steps)
         one_step(model, opt, scn, device, gen, timer=timer)
         per_step.append(timer.finish_step())
     if nvml is not None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ngl_profile.schema.results import RunResult, cases_frame, memory_frame
 from ngl_profile.report import charts
+from ngl_profile.schema.scenario import safe_name
 from ngl_profile.report.tables import markdown_table, provenance_line, summary_rows, unit_for
 
 __all__ = ["render_report"]
@@ -18,7 +19,8 @@ def _charts(runs: list[RunResult], out: Path) -> list[tuple[str, Path]]:
     made = []
     many = len(runs) > 1
     for run in runs:
-        prefix = f"{run.scenario['name']}-{run.mode}-" if many else ""
+        # a results file may come from anywhere: its scenario name is not trusted as a path
+        prefix = f"{safe_name(run.scenario['name'])}-{run.mode}-" if many else ""
         for caption, fn in (("Memory at the step's peak, by category", charts.memory_breakdown),
                             ("Throughput (measured)", charts.throughput),
                             ("Tensor memory over one step", charts.step_timeline)):
@@ -31,7 +33,7 @@ def _charts(runs: list[RunResult], out: Path) -> list[tuple[str, Path]]:
     for name, modes in by_scenario.items():
         if {"estimated", "measured"} <= set(modes):
             p = charts.estimated_vs_measured(modes["estimated"], modes["measured"],
-                                             out / f"{name}-estimated_vs_measured.png")
+                                             out / f"{safe_name(name)}-estimated_vs_measured.png")
             if p is not None:
                 made.append((f"Estimated vs measured — {name}", p))
     p = charts.size_sweep(runs, out / "size_sweep.png")

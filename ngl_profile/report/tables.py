@@ -90,3 +90,24 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     out += ["| " + " | ".join(str(x) for x in r) + " |" for r in rows]
     return "\n".join(out)
 
+
+
+def fit_table(result):
+    """What `fit` tried, in order: setting → estimated peak → verdict (an analysis.fit.FitResult)."""
+    from rich.table import Table
+
+    knobs = list(result.probes[0].setting) if result.probes else []
+    t = Table(title=f"fit: {result.label} on {result.gpu} ({result.gpu_memory_bytes / GiB:,.2f} GiB), "
+                    f"{result.scenario}", caption=f"{result.provenance}; +512 MiB CUDA context assumed",
+              caption_justify="left")
+    t.add_column("#", justify="right")
+    for k in knobs:
+        t.add_column(k, justify="right")
+    t.add_column("peak GiB", justify="right")
+    t.add_column("verdict")
+    for i, p in enumerate(result.probes, 1):
+        verdict = "[green]fits[/]" if p.fits else ("[red]too big[/]" if p.status == "ok" else f"[red]{p.status}[/]")
+        best = result.best is not None and p.setting == result.best
+        t.add_row(str(i), *(str(p.setting.get(k, "")) for k in knobs), f"{p.peak_bytes / GiB:,.2f}",
+                  verdict + (" ← best" if best else ""))
+    return t

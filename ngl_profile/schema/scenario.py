@@ -1,42 +1,45 @@
-"""Scenarios: TOML files that name a model, a target GPU and the optimizers to compare.
-
-    [scenario]
-    name = "llama-7b"
-    model = "llama-7b"
-    seq_len = 256
-    [[optimizers]]
-    name = "natural-galore-8bit-layerwise"
-    label = "natural-galore (fits 24 GB)"   # optional; needed when a name appears twice
-    rank = 1024
-
-Precedence: CLI options > the file > the defaults below. Every error names the file, the key and
-what is allowed.
+"""The typed description of what to run: a scenario, its optimizer cases, and one case as it crosses
+the process boundary (`CaseSpec`). Validated here and only here, for type, range and finiteness,
+whichever way it arrives: a TOML file (schema/presets.py), CLI overrides, the Python API, or the
+JSON a runner hands to its case process. Every error is one line naming the key and what is allowed.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
+from ngl_profile.schema.thresholds import Thresholds
 from ngl_profile.zoo.gpus import get_gpu
+from ngl_profile.zoo.hparams import is_int, is_number
 from ngl_profile.zoo.models import get_model
-from ngl_profile.optim.optimizer import LOW_RANK_DEFAULTS, _validate_low_rank
 
-__all__ = ["Scenario", "OptimizerCase", "ScenarioError", "load_scenario", "resolve_preset",
-           "scenario_dir", "preset_names", "DTYPES", "MODES"]
+__all__ = ["Scenario", "OptimizerCase", "CaseSpec", "DTYPES", "MODES", "check_name", "safe_name"]
 
 DTYPES = ("bfloat16", "float32")
 MODES = ("auto", "measured", "estimated")
+# a scenario name becomes a directory and file prefix: letters, digits and . _ + - only, no "..",
+# so no name can write outside the output folder
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+_LIMITS = {"seq_len": (1, 1 << 20), "batch_size": (1, 1 << 16), "steps": (1, 100_000), "warmup": (0, 10_000)}
 
 
-class ScenarioError(ValueError):
-    """A scenario that cannot be run; the message is one line for the user."""
+def check_name(value, key: str = "name") -> str:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
+        raise ValueError(f"{key} must be 1–100 letters, digits or . _ + - (it names files; no '/' or '..'); "
+                         f"got {value!r}")
+    return value
+
+
+def safe_name(text: str) -> str:
+    """`text` made safe as a file name (for names read from results files, which were not ours)."""
+    out = re.sub(r"[^A-Za-z0-9._+-]+", "_", str(text)).strip("._") or "run"
+    return out.replace("..", "_")[:100]
+
+
+def _require(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{key} must be {allowed}; got {value!r}")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -51,19 +54,32 @@ class OptimizerCase:
     def __post_init__(self) -> None:
         from ngl_profile.zoo.optimizers import OPTIMIZERS
 
+        if not isinstance(self.name, str):
+            raise ValueError(f"name must be a string (see `ngl-profile list optimizers`); got {self.name!r}")
         spec = OPTIMIZERS.get(self.name)
         if spec is None:
             raise ValueError(f"name: unknown optimizer {self.name!r}; known: {', '.join(OPTIMIZERS)}")
-        spec.check_hparams(self.hparams, also=("name", "label"))
+        _require(isinstance(self.label, str) and len(self.label) <= 120 and self.label.isprintable(),
+                 "label", self.label, "a printable string of at most 120 characters")
+        _require(isinstance(self.hparams, dict), "hparams", self.hparams, "a table of hyperparameters")
+        spec.check_hparams(self.hparams)
         self.label = self.label or self.name
-        low_rank = {k: v for k, v in self.hparams.items() if k in LOW_RANK_DEFAULTS or k == "rank"}
-        if low_rank and spec.low_rank:
-            _validate_low_rank({**LOW_RANK_DEFAULTS, "rank": 1, **low_rank})  # raises with the key named
-        for key in ("lr", "weight_decay"):
-            v = self.hparams.get(key, 0.0)
-            _require(isinstance(v, (int, float)) and v >= 0, key, v, "a number ≥ 0")
-        v = self.hparams.get("compile", True)
-        _require(isinstance(v, bool), "compile", v, "true or false")
+
+    def resolved_hparams(self, scn: "Scenario") -> dict:
+        """The hyperparameters the optimizer is built with: the scenario's lr and the model's default
+        rank filled in where the case sets none."""
+        from ngl_profile.zoo.optimizers import OPTIMIZERS
+
+        spec = OPTIMIZERS[self.name]
+        hp = dict(self.hparams)
+        if "lr" in spec.hparams:
+            hp.setdefault("lr", scn.lr)
+        if spec.low_rank:
+            hp.setdefault("rank", get_model(scn.model).default_rank)
+        return hp
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "label": self.label, "hparams": dict(self.hparams)}
 
 
 @dataclass(kw_only=True, slots=True)
@@ -91,116 +107,125 @@ class Scenario:
     lr: float = 1e-3
     """learning rate for optimizers that do not set their own"""
     optimizers: list[OptimizerCase] = field(default_factory=list)
-    thresholds: dict = field(default_factory=dict)
-    """regression thresholds for `ngl-profile check` (see regress.py)"""
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    """regression limits for `ngl-profile check` when this run becomes a baseline"""
     source: str = ""
     """the file it came from"""
 
     def __post_init__(self) -> None:
-        _require(isinstance(self.name, str) and self.name, "name", self.name, "a non-empty string")
-        get_model(self.model)
-        for key in ("seq_len", "batch_size", "steps"):
+        check_name(self.name)
+        _require(isinstance(self.model, str), "model", self.model, "a model name (see `ngl-profile list models`)")
+        spec = get_model(self.model)
+        for key, (lo, hi) in _LIMITS.items():
             v = getattr(self, key)
-            _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1, key, v, "an integer ≥ 1")
-        _require(isinstance(self.warmup, int) and self.warmup >= 0, "warmup", self.warmup, "an integer ≥ 0")
-        _require(self.dtype in DTYPES, "dtype", self.dtype, f"one of {', '.join(DTYPES)}")
-        _require(self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
+            _require(is_int(v) and lo <= v <= hi, key, v, f"an integer in [{lo}, {hi}]")
+        if spec.max_seq_len is not None:
+            _require(self.seq_len <= spec.max_seq_len, "seq_len", self.seq_len,
+                     f"at most {spec.max_seq_len} for {self.model} (its position embeddings)")
+        _require(isinstance(self.dtype, str) and self.dtype in DTYPES, "dtype", self.dtype,
+                 f"one of {', '.join(DTYPES)}")
+        _require(isinstance(self.mode, str) and self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
         _require(isinstance(self.checkpointing, bool), "checkpointing", self.checkpointing, "true or false")
-        _require(isinstance(self.lr, (int, float)) and self.lr > 0, "lr", self.lr, "a number > 0")
+        _require(is_number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
+        _require(isinstance(self.gpu, str), "gpu", self.gpu, "a GPU name in quotes (see `ngl-profile list gpus`)")
         self.gpu = get_gpu(self.gpu).name
-        from ngl_profile.schema.thresholds import Thresholds
-
-        Thresholds.from_table(self.thresholds, "[thresholds]")  # bad keys or values fail at load time
+        _require(isinstance(self.source, str), "source", self.source, "a string")
+        if isinstance(self.thresholds, dict):
+            self.thresholds = Thresholds.from_table(self.thresholds, "[thresholds]")
+        _require(isinstance(self.thresholds, Thresholds), "thresholds", self.thresholds, "a [thresholds] table")
+        _require(isinstance(self.optimizers, list) and all(isinstance(c, OptimizerCase) for c in self.optimizers),
+                 "optimizers", self.optimizers, "a list of optimizer cases")
         labels = [c.label for c in self.optimizers]
         dup = sorted({x for x in labels if labels.count(x) > 1})
         if dup:
             raise ValueError(f"optimizers: label {dup[0]!r} appears twice; give each entry a distinct label")
 
     def with_overrides(self, **overrides) -> "Scenario":
+        """A new, re-validated scenario; None values leave the field as it is (CLI > file)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return Scenario(**values)
 
     def select(self, wanted: list[str]) -> "Scenario":
-        """Only the optimizers named (by label or name), in the order given."""
+        """Only the optimizers named (by label or name), in the order given; a name not in the file
+        runs with its defaults."""
         chosen = []
         for w in wanted:
             hits = [c for c in self.optimizers if w in (c.label, c.name)]
             if not hits:
                 if any(c.name == w for c in chosen):
                     continue
-                hits = [OptimizerCase(name=w)]  # not in the file: run it with its defaults
+                hits = [OptimizerCase(name=w)]
             chosen.extend(h for h in hits if h not in chosen)
         return self.with_overrides(optimizers=chosen)
 
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["optimizers"] = [c.to_dict() for c in self.optimizers]
+        d["thresholds"] = dataclasses.asdict(self.thresholds)
+        return d
 
-def _require(ok: bool, key: str, value, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{key} must be {allowed}; got {value!r}")
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scenario":
+        """From `to_dict`'s form (a results file, a case spec); unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise ValueError(f"scenario must be an object; got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"scenario has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        for key in ("name", "model"):
+            if key not in d:
+                raise ValueError(f"scenario needs {key!r}")
+        values = dict(d)
+        cases = values.pop("optimizers", [])
+        _require(isinstance(cases, list), "optimizers", cases, "a list")
+        out = []
+        for i, c in enumerate(cases):
+            if not isinstance(c, dict) or not {"name"} <= set(c) <= {"name", "label", "hparams"}:
+                raise ValueError(f"optimizers[{i}] must be an object with name, label, hparams; got {c!r}")
+            try:
+                out.append(OptimizerCase(**c))
+            except ValueError as e:
+                raise ValueError(f"optimizers[{i}]: {e}") from None
+        return cls(**values, optimizers=out)
 
 
-_SCENARIO_KEYS = {f.name for f in dataclasses.fields(Scenario)} - {"optimizers", "thresholds", "source"}
+@dataclass(kw_only=True, slots=True)
+class CaseSpec:
+    """One case as the runner hands it to its case process (JSON on disk between the two)."""
 
+    scenario: Scenario
+    case: OptimizerCase
+    mode: str
+    """measured | estimated (never auto: the runner has decided)"""
+    device: str
+    """cpu | cuda"""
+    target_bytes: int
+    """the target GPU's memory"""
 
-def scenario_dir() -> Path:
-    env = os.environ.get("NGL_PROFILE_SCENARIOS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "scenarios"
+    def __post_init__(self) -> None:
+        _require(self.mode in ("measured", "estimated"), "mode", self.mode, "measured or estimated")
+        _require(self.device in ("cpu", "cuda"), "device", self.device, "cpu or cuda")
+        _require(is_int(self.target_bytes) and self.target_bytes > 0, "target_bytes", self.target_bytes,
+                 "an integer > 0")
 
+    @property
+    def hparams(self) -> dict:
+        return self.case.resolved_hparams(self.scenario)
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in scenario_dir().glob("*.toml"))
+    def to_dict(self) -> dict:
+        return {"scenario": self.scenario.to_dict(), "case": self.case.to_dict(), "mode": self.mode,
+                "device": self.device, "target_bytes": self.target_bytes}
 
-
-def resolve_preset(name_or_path: str) -> Path:
-    """'7b' → scenarios/llama-7b.toml; a path to a .toml file is taken as it is."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or os.sep in name_or_path:
-        if not p.is_file():
-            raise ScenarioError(f"{name_or_path}: no such scenario file")
-        return p
-    for stem in (name_or_path, f"llama-{name_or_path}"):
-        candidate = scenario_dir() / f"{stem}.toml"
-        if candidate.is_file():
-            return candidate
-    raise ScenarioError(f"unknown scenario {name_or_path!r}; presets: {', '.join(preset_names())} "
-                        f"(or give a path to a .toml file)")
-
-
-def load_scenario(name_or_path: str) -> Scenario:
-    path = resolve_preset(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScenarioError(f"{path}: cannot read: {e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: not valid TOML: {e}") from None
-    unknown_tables = sorted(set(data) - {"scenario", "optimizers", "thresholds"})
-    if unknown_tables:
-        raise ScenarioError(f"{path}: unknown table(s) {', '.join(unknown_tables)}; "
-                            "allowed: [scenario], [[optimizers]], [thresholds]")
-    head = data.get("scenario")
-    if not isinstance(head, dict):
-        raise ScenarioError(f"{path}: missing [scenario] table")
-    unknown = sorted(set(head) - _SCENARIO_KEYS)
-    if unknown:
-        raise ScenarioError(f"{path}: [scenario] has unknown key(s) {', '.join(unknown)}; "
-                            f"allowed: {', '.join(sorted(_SCENARIO_KEYS))}")
-    for key in ("name", "model"):
-        if key not in head:
-            raise ScenarioError(f"{path}: [scenario] needs {key!r}")
-    entries = data.get("optimizers", [])
-    if not isinstance(entries, list):
-        raise ScenarioError(f"{path}: optimizers must be an array of tables ([[optimizers]])")
-    cases = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or "name" not in entry:
-            raise ScenarioError(f"{path}: [[optimizers]] entry {i + 1} needs a name")
-        hp = {k: v for k, v in entry.items() if k not in ("name", "label")}
-        try:
-            cases.append(OptimizerCase(name=entry["name"], label=entry.get("label", ""), hparams=hp))
-        except ValueError as e:
-            raise ScenarioError(f"{path}: [[optimizers]] entry {i + 1}: {e}") from None
-    try:
-        return Scenario(**head, optimizers=cases, thresholds=data.get("thresholds", {}), source=str(path))
-    except (ValueError, TypeError) as e:
-        raise ScenarioError(f"{path}: [scenario] {e}") from None
+    @classmethod
+    def from_dict(cls, d: dict) -> "CaseSpec":
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, dict) or set(d) != {"scenario", "case", "mode", "device", "target_bytes"}:
+            raise ValueError("a case spec is an object with scenario, case, mode, device, target_bytes")
+        case = d["case"]
+        if not isinstance(case, dict) or not {"name"} <= set(case) <= {"name", "label", "hparams"}:
+            raise ValueError(f"case must be an object with name, label, hparams; got {case!r}")
+        return cls(scenario=Scenario.from_dict(d["scenario"]), case=OptimizerCase(**case), mode=d["mode"],
+                   device=d["device"], target_bytes=d["target_bytes"])

@@ -25,6 +25,8 @@ class ModelSpec:
     config: dict = field(repr=False)
     default_rank: int = 128
     description: str = ""
+    max_seq_len: int | None = None
+    """longest sequence the model can embed (None: rotary positions, no table to run past)"""
 
     def make_config(self, dtype: torch.dtype):
         if self.family == "llama":
@@ -60,7 +62,8 @@ _SPECS = [
     _llama("llama-7b", 4096, 11008, 32, 32, 1024, desc="GaLore configs/llama_7b"),
     _llama("tinyllama-1.1b", 2048, 5632, 22, 32, 1024, kv=4, desc="TinyLlama-1.1B shape, 4 KV heads"),
     ModelSpec("roberta-base", "roberta", dict(num_hidden_layers=12), 8,
-              "RobertaConfig defaults, GLUE-style sequence classification (2 labels)"),
+              "RobertaConfig defaults, GLUE-style sequence classification (2 labels)",
+              max_seq_len=512),  # 514 learned positions, two reserved for the padding offset
 ]
 
 

@@ -6,13 +6,14 @@ take the plain path. Every name except lora and galore-torch also has a `-layerw
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import nn
 
 from ngl_profile.zoo.dtypes import default_dtype
+from ngl_profile.zoo.hparams import Hparam, check_hparams
 from ngl_profile.zoo.registry import unique
 from ngl_profile.optim.layerwise import LayerwiseOptimizer
 from ngl_profile.optim.params import low_rank_parameters
@@ -42,11 +43,22 @@ class OptimizerSpec:
     low_rank: bool = False
     """GaLore-style projection: its `rank` is a projection rank (LoRA's is an adapter rank)"""
 
-    def check_hparams(self, hparams, also: tuple[str, ...] = ()) -> None:
-        unknown = sorted(set(hparams) - set(self.hparams))
-        if unknown:
-            raise ValueError(f"optimizer {self.name!r} takes no {', '.join(unknown)}; "
-                             f"it takes: {', '.join(also + self.hparams)}")
+    restrict: dict = field(default_factory=dict)
+    """narrower ranges than zoo/hparams.py's for this optimizer (name → Hparam)"""
+    requires: tuple[str, ...] = ()
+    """(import name, pip requirement) of an optional package it is built with"""
+
+    def check_available(self) -> None:
+        """ValueError, before a run starts, when the package this optimizer needs is not installed."""
+        import importlib.util
+
+        if self.requires and importlib.util.find_spec(self.requires[0]) is None:
+            raise ValueError(f"optimizer {self.name!r} needs the {self.requires[0]} package: "
+                             f"pip install {self.requires[1]!r}")
+
+    def check_hparams(self, hparams: dict) -> None:
+        """ValueError naming the first unknown or out-of-range hyperparameter."""
+        check_hparams(self.name, self.hparams, hparams, self.restrict)
 
 
 def _plain(cls_path: str, keys: tuple[str, ...]):
@@ -156,7 +168,11 @@ _SPECS = [
     OptimizerSpec("natural-galore-adafactor", "Natural GaLore, Adafactor moments", _ADAFACTOR + _NATURAL + _OURS,
                   _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR), low_rank=True),
     OptimizerSpec("galore-torch", "the published galore-torch GaLoreAdamW (extra 'peers')",
-                  _ADAM + _GALORE_TORCH, _galore_torch, low_rank=True),
+                  _ADAM + _GALORE_TORCH, _galore_torch, low_rank=True,
+                  requires=("galore_torch", "ngl-profile[peers]"),
+                  restrict={"proj_type": Hparam(lambda v: v in ("std", "left", "right"),
+                                                "one of std, left, right (galore-torch has no tucker)",
+                                                "projection side")}),
     OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,
                   layerwise=False),
 ]
@@ -168,7 +184,8 @@ def _with_layerwise(specs):
         if spec.layerwise:
             yield spec.name + LAYERWISE_SUFFIX, OptimizerSpec(
                 spec.name + LAYERWISE_SUFFIX, spec.description + ", stepped per layer during backward",
-                spec.hparams + ("accumulation_steps",), spec.make, False, spec.low_rank)
+                spec.hparams + ("accumulation_steps",), spec.make, False, spec.low_rank, spec.restrict,
+                spec.requires)
 
 
 OPTIMIZERS = unique(_with_layerwise(_SPECS), "optimizer")

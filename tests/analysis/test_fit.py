@@ -1,11 +1,12 @@
 """`fit`'s search, with the estimator replaced by a known memory model (the real one is slow)."""
-import argparse
 import json
 
-from rich.console import Console
+import pytest
 
 import ngl_profile.engine.runner as runner
-from ngl_profile.analysis.fit import search
+from ngl_profile.analysis.fit import search, write_fit
+from ngl_profile.cli import main
+from ngl_profile.schema.presets import load_scenario
 from ngl_profile.schema.results import CaseResult, RunResult
 
 GiB = 1 << 30
@@ -27,9 +28,10 @@ def fake_estimator(calls):
 def test_fit_finds_largest_settings_by_bisection(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(runner, "run_scenario", fake_estimator(calls))
-    args = argparse.Namespace(scenario="7b", gpu="4090", optimizer="natural-galore-8bit-layerwise",
-                              vary=["history_dtype", "history_size", "batch_size"], out=tmp_path)
-    assert search(args, Console(file=open("/dev/null", "w"))) == 0
+    scn = load_scenario("7b")
+    case = next(c for c in scn.optimizers if c.name == "natural-galore-8bit-layerwise")
+    result = search(scn, case, ["history_dtype", "history_size", "batch_size"])
+    write_fit(result, tmp_path / "fit.json")
     best = json.loads((tmp_path / "fit.json").read_text())
     # knobs in the order given, each the largest value that fits 24 GiB − 512 MiB with the others held:
     assert best["best"]["history_dtype"] == "float32"  # at the scenario's s=2: 10.5 + 2·4 = 18.5 fits
@@ -37,3 +39,32 @@ def test_fit_finds_largest_settings_by_bisection(tmp_path, monkeypatch):
     assert best["best"]["batch_size"] == 2  # 10 + 1 + 12 = 23 fits; batch 4 → 24 does not
     assert best["provenance"] == "estimated" and best["probes"]
     assert len(calls) <= 4 + 4 + 4  # bisection, not a scan of every value
+
+
+def test_fit_cli_prints_what_it_tried_and_where_fit_json_went(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runner, "run_scenario", fake_estimator([]))
+    out = tmp_path / "fit"
+    # no --gpu: the scenario's own target (rtx-4090) is used
+    assert main(["fit", "7b", "--optimizer", "natural-galore-8bit-layerwise", "--vary", "history_size",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "history_size = 12" in text and str(out / "fit.json") in text and "← best" in text
+    assert "{" not in text  # a table, not raw Python dicts
+    assert json.loads((out / "fit.json").read_text())["gpu"] == "rtx-4090"
+
+
+def test_fit_refuses_an_unwritable_out_before_searching(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(runner, "run_scenario", fake_estimator(calls))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["fit", "7b", "--optimizer", "galore", "--out", str(blocker / "sub")]) == 2
+    assert calls == [] and "cannot create output directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("vary,message", [(["colour"], "unknown knob 'colour'"),
+                                          (["rank", "rank"], "rank given twice")])
+def test_fit_bad_knobs(vary, message):
+    scn = load_scenario("tiny")
+    with pytest.raises(ValueError, match=message):
+        search(scn, scn.optimizers[0], vary)

@@ -1,7 +1,7 @@
 """Scenario files: presets, precedence, and validation errors that name file, key and range."""
 import pytest
 
-from ngl_profile.schema.scenario import ScenarioError, load_scenario, preset_names
+from ngl_profile.schema.presets import ScenarioError, load_scenario, preset_names
 
 
 def write(tmp_path, text):
@@ -26,13 +26,13 @@ def test_presets_resolve():
 @pytest.mark.parametrize("text,match", [
     (HEAD.replace("tiny", "gpt5"), r"unknown model 'gpt5'; known: tiny, llama-60m"),
     (HEAD + 'gpu = "rtx-9999"\n', r"unknown GPU 'rtx-9999'; known: rtx-3090"),
-    (HEAD + "seq_len = 0\n", r"\[scenario\] seq_len must be an integer ≥ 1; got 0"),
-    (HEAD + 'batch_size = "two"\n', r"batch_size must be an integer ≥ 1; got 'two'"),
+    (HEAD + "seq_len = 0\n", r"\[scenario\] seq_len must be an integer in \[1, 1048576\]; got 0"),
+    (HEAD + 'batch_size = "two"\n', r"batch_size must be an integer in \[1, 65536\]; got 'two'"),
     (HEAD + 'dtype = "float16"\n', r"dtype must be one of bfloat16, float32"),
     (HEAD + "colour = 3\n", r"\[scenario\] has unknown key\(s\) colour; allowed:"),
     (HEAD + '[[optimizers]]\nname = "sgd"\n', r"entry 1: name: unknown optimizer 'sgd'; known: adamw"),
     (HEAD + '[[optimizers]]\nname = "adamw"\nrank = 3\n', r"optimizer 'adamw' takes no rank"),
-    (HEAD + '[[optimizers]]\nname = "natural-galore"\nhistory_size = -1\n', r"history_size must be an integer ≥ 0"),
+    (HEAD + '[[optimizers]]\nname = "natural-galore"\nhistory_size = -1\n', r"history_size must be an integer in \[0, 4096\]"),
     (HEAD + '[[optimizers]]\nname = "natural-galore"\nhistory_dtype = "fp4"\n', r"history_dtype must be one of"),
     (HEAD + '[[optimizers]]\nname = "adamw"\n[[optimizers]]\nname = "adamw"\n', r"label 'adamw' appears twice"),
     ("[scenario\nname=", r"not valid TOML"),
