@@ -119,7 +119,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a usage error (already printed as one line)
+        return e.code if isinstance(e.code, int) else BAD_INPUT
     import signal
 
     previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -82,3 +82,57 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
     cases = json.loads((out / "results.json").read_text())["cases"]
     assert 1 <= len(cases) < 4 and all(c["status"] == "ok" for c in cases)
+
+
+def _case_processes(marker: str) -> list[int]:
+    """PIDs of live processes whose command line mentions `marker` (the run's temp folder)."""
+    import os
+
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.parametrize("sig,code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_to_run_ends_its_case_process_and_removes_the_temp_folder(tmp_path, sig, code):
+    """Only the ngl-profile process gets the signal (a service manager's SIGTERM, a `kill`), not the
+    process group: the runner itself must end the case it started, not orphan it."""
+    import os
+    import signal
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "run"
+    env = dict(os.environ, TMPDIR=str(tmp), NGL_PROFILE_FAULT="galore=hang")
+    p = subprocess.Popen([sys.executable, "-m", "ngl_profile.cli", "run", "tiny", "--mode", "estimated",
+                          "--optimizers", "adamw,galore", "--jobs", "1", "--out", str(out), "--no-report"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # adamw finished, galore's case process is hanging
+        try:
+            if json.loads((out / "results.json").read_text())["cases"] and _case_processes(str(tmp)):
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.2)
+    else:
+        p.kill()
+        pytest.fail("the run never reached its second case")
+    p.send_signal(getattr(signal, sig))
+    _, err = p.communicate(timeout=60)
+    orphans = _case_processes(str(tmp))
+    for pid in orphans:  # never leave a hanging case behind, even when this test fails
+        os.kill(pid, signal.SIGKILL)
+    assert p.returncode == code and "Traceback" not in err, err
+    assert orphans == []  # no orphaned case process
+    assert list(tmp.glob("ngl-profile-*")) == []  # our temp folder is gone (torch's caches may stay)
+    cases = json.loads((out / "results.json").read_text())["cases"]
+    assert [c["optimizer"]["label"] for c in cases] == ["adamw"]  # the finished case is kept
+    assert not (out / ".ngl-profile.lock").exists()

@@ -133,7 +133,7 @@ def _tracked_steps(result, model, opt, scn, device, gen, tracker) -> list[float]
 
 
 def _injected_fault(label: str) -> None:
-    """Test hook: NGL_PROFILE_FAULT="<label>=raise|oom|exit" makes that case fail on purpose, so the
+    """Test hook: NGL_PROFILE_FAULT="<label>=raise|oom|exit|signalN|hang" makes that case fail on purpose, so the
     runner's isolation (the failure is recorded, the next case runs) can be tested without a GPU."""
     import os
 
@@ -144,6 +144,12 @@ def _injected_fault(label: str) -> None:
         raise torch.OutOfMemoryError("injected: CUDA out of memory. Tried to allocate 2.00 GiB")
     if kind == "exit":
         os._exit(3)  # a crash that leaves no result file behind
+    if kind.startswith("signal"):  # e.g. "signal9": killed from outside, as the OOM killer would
+        import signal
+
+        os.kill(os.getpid(), int(kind[len("signal"):]) or signal.SIGKILL)
+    if kind == "hang":  # a case that never ends by itself (for the interrupt tests)
+        time.sleep(3600)
     raise RuntimeError(f"injected failure ({kind})")
 
 

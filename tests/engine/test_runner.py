@@ -15,7 +15,9 @@ def scenario(*names):
 
 @pytest.mark.parametrize("fault,status,text", [("raise", "error", "injected failure"),
                                                ("oom", "oom", "out of memory"),
-                                               ("exit", "error", "exited with code 3")])
+                                               ("exit", "error", "exited with code 3"),
+                                               ("signal9", "error", "killed by signal 9 (SIGKILL)"),
+                                               ("signal15", "error", "killed by signal 15 (SIGTERM)")])
 def test_failing_case_is_recorded_and_the_next_runs(tmp_path, monkeypatch, fault, status, text):
     monkeypatch.setenv("NGL_PROFILE_FAULT", f"adamw={fault}")
     events = []
@@ -59,3 +61,9 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch):
         write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary left behind
+
+
+def test_a_kill_is_not_called_an_out_of_memory(tmp_path, monkeypatch):
+    monkeypatch.setenv("NGL_PROFILE_FAULT", "adamw=signal15")
+    bad, = run_scenario(scenario("adamw"), "estimated", "cpu", tmp_path, jobs=1).cases
+    assert bad.status == "error" and "out of memory" not in bad.message and "OOM" not in bad.message
