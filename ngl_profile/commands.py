@@ -200,14 +200,20 @@ def report(args) -> int:
 
 
 def compare(args) -> int:
-    from ngl_profile.analysis.regress import compare_runs
+    from ngl_profile.analysis.regress import comparison
+    from ngl_profile.report.check_table import print_comparison
     from ngl_profile.schema.results import load_results
 
     runs = [load_results(p) for p in args.results]
-    return compare_runs(runs, markdown=args.md, console=_console())
+    print_comparison(comparison(runs), markdown=args.md, console=_console())
+    return 0
 
 
 def check(args) -> int:
-    from ngl_profile.analysis.regress import run_check
+    from ngl_profile.analysis.regress import check_results
+    from ngl_profile.report.check_table import print_check
 
-    return run_check(args, _console())
+    outcome = check_results(args.results, args.baseline, thresholds=args.thresholds,
+                            update_baseline=args.update_baseline, export_benchmark_json=args.export_benchmark_json)
+    print_check(outcome, _console())
+    return outcome.exit_code  # 1 only for a regression; refusals raise (exit 2), bugs exit 4 in cli.py

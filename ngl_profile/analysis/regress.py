@@ -1,25 +1,69 @@
-"""Regression checks and run comparison.
+"""Regression checks and run comparison. They return records; report/check_table.py prints them.
 
-A threshold is a tiny check object: `check(baseline, current) -> message | None`. Memory: a
-relative increase above `rel` *and* above an absolute floor (so a category of a few KiB does not
-flap). Speed is compared as a ratio to the same run's AdamW case — measured side by side on one
-machine, ratios survive noisy CI hosts where absolute times do not. Everything is printed, then
-the command fails once.
+A threshold is a tiny check object: `check(baseline, current) -> message | None`.
+
+- Memory: a relative increase above `rel` *and* above an absolute floor (so a category of a few KiB
+  does not flap).
+- Speed, twice. As a ratio to the same run's AdamW case: measured side by side on one machine,
+  ratios survive noisy CI hosts where absolute times do not. And absolutely (tokens/s, optimizer step
+  time), which is what sees every case getting slower together — but only when both runs come from
+  the same machine and software; elsewhere the figure measures the machine, and the check says it
+  was skipped and why.
+- A figure the baseline measured (> 0) that the results lack — 0, null, NaN, missing — fails
+  whatever the limits: a case that stopped measuring must not pass as one that did not slow down.
+
+The limits come from the baseline's scenario [thresholds] or a --thresholds file, never from the run
+being judged (it could loosen its own). A baseline that is not a complete, clean run is refused, and
+so is making one from such a run. Everything is collected, then the command fails once.
 """
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ngl_profile.schema.categories import CATEGORIES
-from ngl_profile.schema.thresholds import MiB, Thresholds
 from ngl_profile.schema.results import ResultsError, RunResult, load_results, write_json_atomic
+from ngl_profile.schema.thresholds import MiB, Thresholds
 
-__all__ = ["Thresholds", "Check", "build_checks", "evaluate", "run_check", "compare_runs", "benchmark_json"]
+__all__ = ["Thresholds", "Check", "Row", "Verdict", "CheckOutcome", "CompareRow", "Comparison", "metrics",
+           "build_checks", "evaluate", "incomplete", "machine_difference", "load_thresholds", "check_results",
+           "comparison", "benchmark_json", "fmt_value"]
 
 _SAME_SCENARIO = ("model", "seq_len", "batch_size", "dtype", "checkpointing")
+# Absolute speed compares only on the same device, host and hot-path software: device_name (the GPU;
+# on a CPU only "CPU (<arch>)", hence also machine, cpu_count and torch_threads), platform (the kernel
+# build: two VMs of one image differ there), python (a small model's optimizer step is mostly Python),
+# torch, cuda and driver (the kernels). Not the commit: that is what is being judged.
+_SAME_MACHINE = ("device_name", "machine", "platform", "cpu_count", "torch_threads", "python", "torch", "cuda",
+                 "driver")
+_MUST_RECORD = ("device_name", "machine", "cpu_count", "torch")
+_SHOWN = ("memory.peak", "memory.history", "tokens_per_s", "tokens_per_s.adamw_ratio", "optimizer_step_s",
+          "optimizer_step.adamw_ratio")
+_RATIO_OF = {"tokens_per_s.adamw_ratio": "tokens_per_s", "optimizer_step.adamw_ratio": "optimizer_step_s"}
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _positive(x) -> float | None:
+    return x if _finite(x) and x > 0 else None
+
+
+def fmt_value(metric: str, v) -> str:
+    """A metric's value with its unit, as check's messages and table show it."""
+    if v is None:
+        return "—"
+    if not _finite(v):
+        return str(v)
+    if metric.startswith("memory."):
+        return f"{v / MiB:,.2f} MiB"
+    if metric.endswith("ratio"):
+        return f"{v:.3f}"
+    if metric == "tokens_per_s":
+        return f"{v:,.0f} tokens/s"
+    return f"{v * 1e3:,.3f} ms"
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,24 +71,27 @@ class Check:
     case: str
     metric: str
     direction: int  # +1: bigger is worse (memory, step time); −1: smaller is worse (throughput)
-    rel: float
+    rel: float | None
+    """largest allowed relative change for the worse; None: only checked to be still measured"""
     floor: float = 0.0
+    """a change for the worse this small never fails"""
+    required: bool = False
+    """0 where the baseline measured > 0 fails too (a peak, tokens/s, a step time: 0 is not a figure)"""
 
-    def check(self, baseline: float | None, current: float | None) -> str | None:
-        if baseline is None or current is None:
+    def check(self, baseline, current) -> str | None:
+        if not _finite(baseline):
+            return None  # the baseline measured nothing to hold it to
+        if not _finite(current) or (self.required and baseline > 0 and current <= 0):
+            now = "missing" if current is None else fmt_value(self.metric, current)
+            return f"{self.case}: {self.metric} no longer measured ({fmt_value(self.metric, baseline)} → {now})"
+        if self.rel is None:
             return None
         delta = (current - baseline) * self.direction
         if delta <= self.floor or delta <= self.rel * abs(baseline):
             return None
         pct = delta / abs(baseline) if baseline else math.inf
         return (f"{self.case}: {self.metric} {'rose' if self.direction > 0 else 'fell'} by {pct:.1%} "
-                f"({_fmt(self.metric, baseline)} → {_fmt(self.metric, current)}; limit {self.rel:.0%})")
-
-
-def _fmt(metric: str, v: float) -> str:
-    if metric.endswith("ratio"):
-        return f"{v:.3f}"
-    return f"{v / MiB:,.2f} MiB"
+                f"({fmt_value(self.metric, baseline)} → {fmt_value(self.metric, current)}; limit {self.rel:.0%})")
 
 
 def _adamw(run: RunResult):
@@ -52,27 +99,39 @@ def _adamw(run: RunResult):
 
 
 def metrics(run: RunResult) -> dict[str, dict[str, float | None]]:
-    """label → metric → value, for everything `check` and `compare` look at."""
-    base = _adamw(run)
+    """label → metric → value, for everything `check` and `compare` look at. A ratio to AdamW is None
+    unless both figures are positive."""
+    ref = _adamw(run)
+    ref_tps = _positive(ref.tokens_per_s) if ref else None
+    ref_step = _positive(ref.step_time_s.get("optimizer")) if ref else None
     out = {}
     for c in run.cases:
-        m: dict[str, float | None] = {f"memory.{k}": float(c.memory_bytes.get(k, 0)) for k in CATEGORIES}
-        m["memory.peak"] = float(c.peak_bytes)
+        m: dict[str, float | None] = {f"memory.{k}": _as_float(c.memory_bytes.get(k, 0)) for k in CATEGORIES}
+        m["memory.peak"] = _as_float(c.peak_bytes)
         m["tokens_per_s"] = c.tokens_per_s
-        m["tokens_per_s.adamw_ratio"] = (c.tokens_per_s / base.tokens_per_s
-                                         if base and c.tokens_per_s and base.tokens_per_s else None)
-        step, base_step = c.step_time_s.get("optimizer"), base.step_time_s.get("optimizer") if base else None
-        m["optimizer_step.adamw_ratio"] = step / base_step if step and base_step else None
+        m["optimizer_step_s"] = c.step_time_s.get("optimizer")
+        tps, step = _positive(c.tokens_per_s), _positive(m["optimizer_step_s"])
+        m["tokens_per_s.adamw_ratio"] = tps / ref_tps if tps and ref_tps else None
+        m["optimizer_step.adamw_ratio"] = step / ref_step if step and ref_step else None
         out[c.label] = m
     return out
 
 
-def build_checks(labels, th: Thresholds) -> list[Check]:
+def _as_float(x):
+    return float(x) if _finite(x) else x
+
+
+def build_checks(labels, th: Thresholds, absolute: bool = True) -> list[Check]:
+    """`absolute`: hold absolute speed to its limits (same machine); else only to being measured."""
     checks = []
     for label in labels:
-        for k in ("peak",) + CATEGORIES:
+        checks.append(Check(label, "memory.peak", +1, th.memory_rel, th.memory_abs_bytes, required=True))
+        for k in CATEGORIES:
             checks.append(Check(label, f"memory.{k}", +1, th.memory_rel, th.memory_abs_bytes))
+        checks.append(Check(label, "tokens_per_s", -1, th.throughput_abs_rel if absolute else None, required=True))
         checks.append(Check(label, "tokens_per_s.adamw_ratio", -1, th.throughput_rel))
+        checks.append(Check(label, "optimizer_step_s", +1, th.step_time_abs_rel if absolute else None,
+                            required=True))
         checks.append(Check(label, "optimizer_step.adamw_ratio", +1, th.step_time_rel))
     return checks
 
@@ -87,81 +146,197 @@ def _same_scenario(baseline: RunResult, current: RunResult) -> None:
         raise ValueError(f"results are {current.mode}, the baseline is {baseline.mode}: compare like with like")
 
 
-def evaluate(baseline: RunResult, current: RunResult, th: Thresholds) -> tuple[list[str], list[tuple]]:
-    """(regressions, table rows [label, metric, baseline, current, limit, verdict])."""
+def _duplicate_label(run: RunResult) -> str | None:
+    seen = set()
+    for c in run.cases:
+        if c.label in seen:
+            return c.label
+        seen.add(c.label)
+    return None
+
+
+def incomplete(run: RunResult) -> str | None:
+    """Why `run` is not a complete, clean run — what a baseline must be — or None when it is."""
+    if not run.cases:
+        return "it has no cases"
+    dup = _duplicate_label(run)
+    if dup is not None:
+        return f"two cases are labelled {dup!r}"
+    bad = next((c for c in run.cases if c.status != "ok"), None)
+    if bad is not None:
+        return f"case {bad.label!r} ended {bad.status}" + (f" ({bad.message})" if bad.message else "")
+    planned = run.planned
+    if planned is not None:
+        done = {c.label for c in run.cases}
+        missing = [p for p in planned if p not in done]
+        if missing:
+            return (f"it was interrupted: {len(planned) - len(missing)} of {len(planned)} planned cases "
+                    f"finished ({', '.join(missing)} missing)")
+    return None
+
+
+def machine_difference(baseline: RunResult, current: RunResult) -> str | None:
+    """Why absolute speeds of these runs do not compare (another machine or software), or None."""
+    if baseline.device != current.device:
+        return f"device {current.device!r} vs {baseline.device!r} in the baseline"
+    for k in _MUST_RECORD:
+        for run, which in ((baseline, "the baseline"), (current, "the results")):
+            if run.environment.get(k) is None:
+                return f"{which} does not record {k}"
+    for k in _SAME_MACHINE:
+        was, now = baseline.environment.get(k), current.environment.get(k)
+        if was != now:
+            return f"{k} {now!r} vs {was!r} in the baseline"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of check's table: a metric of a case, both values, its limit, and the verdict."""
+    case: str
+    metric: str
+    baseline: float | None
+    current: float | None
+    direction: int
+    rel: float | None
+    regressed: bool
+
+
+@dataclass(kw_only=True)
+class Verdict:
+    problems: list[str] = field(default_factory=list)
+    """each regression, one line: the command fails when there is any"""
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """what was not judged and why (new cases, absolute speed on another machine, ...): not failures"""
+
+
+def evaluate(baseline: RunResult, current: RunResult, th: Thresholds) -> Verdict:
+    """Judge `current` against `baseline` with the limits `th` (which must not come from `current`)."""
     _same_scenario(baseline, current)
+    why = incomplete(baseline)
+    if why:
+        raise ValueError(f"the baseline is not a complete run, refusing to judge against it: {why}")
+    dup = _duplicate_label(current)
+    if dup is not None:
+        raise ValueError(f"the results have two cases labelled {dup!r}: cannot tell which one to judge")
+    v = Verdict()
+    if baseline.planned is None:
+        v.notes.append("the baseline does not list its planned cases (an older file), so it cannot be shown "
+                       "to be uninterrupted; re-make it with --update-baseline")
     mb, mc = metrics(baseline), metrics(current)
-    problems, rows = [], []
+    judged = []
     for label in mb:
-        if label not in mc:
-            problems.append(f"{label}: in the baseline, missing from the results")
+        now = current.case(label)
+        if now is None:
+            v.problems.append(f"{label}: in the baseline, missing from the results")
+        elif now.status != "ok":  # its figures are those of a failure: the status says it all
+            v.problems.append(f"{label}: status ok → {now.status} ({now.message})")
+        else:
+            judged.append(label)
+    v.notes += [f"{label}: new in the results, not in the baseline (not judged)" for label in mc if label not in mb]
+    other = machine_difference(baseline, current)
+    if other:
+        v.notes.append(f"absolute tokens/s and optimizer step time only checked to be still measured, not "
+                       f"against their limits: another machine or software ({other})")
+    # AdamW's own figure gone: its case already fails above; every ratio failing with it says nothing new
+    unref = [r for r, m in _RATIO_OF.items() if _ref(baseline, m) is not None and _ref(current, m) is None]
+    if unref:
+        v.notes.append(f"{', '.join(unref)} not judged: the results have no AdamW figure to divide by")
+    for chk in build_checks(judged, th, absolute=other is None):
+        if chk.metric in unref:
             continue
-        was, now = baseline.case(label), current.case(label)
-        if was.status == "ok" and now.status != "ok":
-            problems.append(f"{label}: status {was.status} → {now.status} ({now.message})")
-    for chk in build_checks([lb for lb in mb if lb in mc], th):
-        a, b = mb[chk.case].get(chk.metric), mc[chk.case].get(chk.metric)
-        if a is None or b is None:
-            continue
+        a, b = mb[chk.case][chk.metric], mc[chk.case][chk.metric]
         msg = chk.check(a, b)
         if msg:
-            problems.append(msg)
-        if msg or chk.metric in ("memory.peak", "memory.history", "tokens_per_s.adamw_ratio"):
-            rows.append((chk.case, chk.metric, _fmt(chk.metric, a), _fmt(chk.metric, b),
-                         f"{'+' if chk.direction > 0 else '−'}{chk.rel:.0%}", "REGRESSED" if msg else "ok"))
-    return problems, rows
+            v.problems.append(msg)
+        if msg or (chk.metric in _SHOWN and _finite(a)):
+            v.rows.append(Row(chk.case, chk.metric, a, b, chk.direction, chk.rel, msg is not None))
+    return v
 
 
-def _thresholds(args, current: RunResult) -> Thresholds:
-    table = dict(current.scenario.get("thresholds") or {})
-    where = "scenario [thresholds]"
-    if args.thresholds is not None:
-        try:
-            import tomllib
-        except ModuleNotFoundError:
-            import tomli as tomllib
-        try:
-            data = tomllib.loads(Path(args.thresholds).read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{args.thresholds}: no such thresholds file") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"{args.thresholds}: not valid TOML: {e}") from None
-        table = data.get("thresholds", data)
-        where = str(args.thresholds)
-    return Thresholds.from_table(table, where)
+def _ref(run: RunResult, metric: str) -> float | None:
+    ref = _adamw(run)
+    if ref is None:
+        return None
+    return _positive(ref.tokens_per_s if metric == "tokens_per_s" else ref.step_time_s.get("optimizer"))
 
 
-def run_check(args, console) -> int:
-    current = load_results(args.results)
-    th = _thresholds(args, current)
-    if args.export_benchmark_json:
-        write_json_atomic(args.export_benchmark_json, benchmark_json(current))
-    if args.update_baseline:
-        if not Path(args.baseline).parent.exists():
-            raise ValueError(f"{args.baseline}: its directory does not exist")
-        write_json_atomic(args.baseline, current.to_dict())
-        console.print(f"baseline updated: {args.baseline}")
-        return 0
+def load_thresholds(path) -> Thresholds:
+    """The [thresholds] table of a TOML file (a scenario file will do)."""
     try:
-        baseline = load_results(args.baseline)
-    except ResultsError as e:
-        raise ResultsError(f"baseline: {e}") from None
-    problems, rows = evaluate(baseline, current, th)
-    from rich.table import Table
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such thresholds file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: cannot read it ({e.__class__.__name__}: {e})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    if "thresholds" not in data:
+        raise ValueError(f"{path}: no [thresholds] table")
+    return Thresholds.from_table(data["thresholds"], f"{path}: [thresholds]")
 
-    t = Table(title=f"check {args.results} against {args.baseline}")
-    for col in ("optimizer", "metric", "baseline", "current", "limit", "verdict"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(*r[:5], f"[red]{r[5]}[/]" if r[5] != "ok" else "ok")
-    console.print(t)
-    if problems:
-        console.print(f"[bold red]{len(problems)} regression(s):[/]")
-        for p in problems:
-            console.print(f"  - {p}")
-        return 1
-    console.print("[green]no regression[/]")
-    return 0
+
+@dataclass(kw_only=True)
+class CheckOutcome:
+    results: Path
+    baseline: Path
+    verdict: Verdict | None = None
+    """None when the baseline was rewritten instead of judged against"""
+    thresholds_from: str = ""
+    updated: bool = False
+    exported: Path | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """1 when a regression was found, else 0 (refusals and errors are exceptions: exit 2)."""
+        return 1 if self.verdict is not None and self.verdict.problems else 0
+
+
+def check_results(results, baseline, *, thresholds=None, update_baseline: bool = False,
+                  export_benchmark_json=None) -> CheckOutcome:
+    """`ngl-profile check`: judge `results` against `baseline`, or make `results` the baseline.
+    Bad input and refusals raise ValueError/OSError; nothing is written unless everything holds."""
+    th = load_thresholds(thresholds) if thresholds is not None else None  # bad input before any work
+    current = load_results(results)
+    dup = _duplicate_label(current)
+    if dup is not None:
+        raise ValueError(f"{results}: two cases are labelled {dup!r}: cannot tell which one to judge")
+    out = CheckOutcome(results=Path(results), baseline=Path(baseline))
+    if update_baseline:
+        if not Path(baseline).parent.exists():
+            raise ValueError(f"{baseline}: its directory does not exist")
+        why = incomplete(current) or (None if current.planned is not None else
+                                      "it does not list its planned cases (an older file), so it cannot be "
+                                      "shown to be complete: run it again")
+        if why:
+            raise ValueError(f"{results}: not made the baseline: {why}")
+        out.updated = True
+    else:
+        try:
+            base = load_results(baseline)
+        except ResultsError as e:
+            raise ResultsError(f"baseline: {e}") from None
+        why = incomplete(base)
+        if why:
+            raise ValueError(f"baseline {baseline}: not a complete run, refusing to judge against it: {why}")
+        if th is None:
+            th = Thresholds.from_table(base.scenario.get("thresholds") or {}, f"{baseline}: scenario.thresholds")
+            out.thresholds_from = (f"{baseline} (its scenario's [thresholds])" if base.scenario.get("thresholds")
+                                   else "the defaults (the baseline's scenario sets none)")
+        else:
+            out.thresholds_from = str(thresholds)
+        out.verdict = evaluate(base, current, th)
+    if export_benchmark_json:
+        write_json_atomic(export_benchmark_json, benchmark_json(current))
+        out.exported = Path(export_benchmark_json)
+    if update_baseline:
+        write_json_atomic(baseline, current.to_dict())
+    return out
 
 
 def benchmark_json(run: RunResult) -> list[dict]:
@@ -177,53 +352,46 @@ def benchmark_json(run: RunResult) -> list[dict]:
     return out
 
 
-def compare_runs(runs: list[RunResult], markdown: bool, console) -> int:
+@dataclass(frozen=True, slots=True)
+class CompareRow:
+    case: str
+    metric: str
+    values: tuple
+    """one per run, None where that run lacks it"""
+
+
+@dataclass(kw_only=True)
+class Comparison:
+    names: list[str]
+    """one per run: scenario (mode, time)"""
+    rows: list[CompareRow]
+    warnings: list[str] = field(default_factory=list)
+    """where the runs are not like for like (another model, sequence length, ...)"""
+
+
+def comparison(runs: list[RunResult]) -> Comparison:
+    """`ngl-profile compare`: every case's memory and speed across runs, the first as reference."""
     if len(runs) < 2:
         raise ValueError("compare needs at least two results files")
+    for i, r in enumerate(runs):
+        dup = _duplicate_label(r)
+        if dup is not None:
+            raise ValueError(f"results [{i}] have two cases labelled {dup!r}: their rows would be mixed up")
+    warnings = []
+    for i, r in enumerate(runs[1:], 1):
+        for k in _SAME_SCENARIO + ("mode",):
+            a, b = (runs[0].mode, r.mode) if k == "mode" else (runs[0].scenario.get(k), r.scenario.get(k))
+            if a != b:
+                warnings.append(f"[{i}] is not like [0]: {k} {b!r} vs {a!r}")
     ms = [metrics(r) for r in runs]
-    names = [f"{r.scenario['name']} ({r.mode}, {r.created_utc or '?'})" for r in runs]
-    head = ["optimizer", "metric"] + [f"[{i}]" for i in range(len(runs))] + [f"Δ[{i}]" for i in range(1, len(runs))]
-    rows = []
+    labels = list(dict.fromkeys(label for m in ms for label in m))
     keys = ["memory.peak"] + [f"memory.{k}" for k in CATEGORIES] + ["tokens_per_s", "tokens_per_s.adamw_ratio"]
-    for label in ms[0]:
+    rows = []
+    for label in labels:
         for key in keys:
-            vals = [m.get(label, {}).get(key) for m in ms]
+            vals = tuple(m.get(label, {}).get(key) for m in ms)
             if all(v in (None, 0.0) for v in vals):
                 continue
-            row = [label, key] + [_cell(key, v) for v in vals]
-            for v in vals[1:]:
-                row.append(_delta(vals[0], v))
-            rows.append(row)
-    legend = "; ".join(f"[{i}] {n}" for i, n in enumerate(names))
-    if markdown:
-        from ngl_profile.report.tables import markdown_table
-
-        sys.stdout.write(markdown_table(head, rows) + f"\n\n{legend}\n")
-        return 0
-    from rich.table import Table
-
-    t = Table(caption=legend, caption_justify="left")
-    for h in head:
-        t.add_column(h, justify="left" if h in ("optimizer", "metric") else "right")
-    for r in rows:
-        t.add_row(*r)
-    console.print(t)
-    return 0
-
-
-def _cell(key: str, v) -> str:
-    if v is None:
-        return "—"
-    if key.startswith("memory."):
-        return f"{v / MiB:,.1f} MiB"
-    if key.endswith("ratio"):
-        return f"{v:.3f}"
-    return f"{v:,.0f}"
-
-
-def _delta(a, b) -> str:
-    if a is None or b is None:
-        return "—"
-    if a == 0:
-        return "new" if b else "0"
-    return f"{b - a:+,.3g} ({(b - a) / abs(a):+.1%})"
+            rows.append(CompareRow(label, key, vals))
+    names = [f"{r.scenario['name']} ({r.mode}, {r.created_utc or '?'})" for r in runs]
+    return Comparison(names=names, rows=rows, warnings=warnings)

@@ -5,6 +5,7 @@ Records are plain dicts on disk (schema in `RunResult.to_dict`); in memory they 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import warnings
@@ -84,7 +85,10 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunResult":
-        d = _upgrade(dict(d))
+        """A record from its JSON form: upgraded to this schema version, then checked against it, so a
+        wrong shape is one ResultsError naming the key here, not a TypeError in whatever reads it later."""
+        d = _upgrade(d)
+        _RUN(d, "")
         known = set(CaseResult.__dataclass_fields__)
         cases = [CaseResult(**{k: v for k, v in c.items() if k in known}) for c in d.get("cases", [])]
         return cls(scenario=d["scenario"], gpu=d["gpu"], mode=d["mode"], device=d["device"],
@@ -94,22 +98,195 @@ class RunResult:
     def case(self, label: str) -> CaseResult | None:
         return next((c for c in self.cases if c.label == label), None)
 
+    @property
+    def planned(self) -> list[str] | None:
+        """Labels of the cases the run set out to make, in order (its scenario's optimizers). The runner
+        rewrites the file as each case ends, so fewer cases than this is an interrupted run. None where
+        the scenario does not list them (files written before it did)."""
+        opts = self.scenario.get("optimizers")
+        if not isinstance(opts, list):
+            return None
+        return [o.get("label") or o.get("name") for o in opts if isinstance(o, dict)]
+
 
 def _upgrade(d: dict) -> dict:
+    """Older versions brought to this one (a copy). It tolerates any shape: `_RUN` judges it after."""
     version = d.get("schema_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise ResultsError("no schema_version: not an ngl-profile results file")
     if version > SCHEMA_VERSION:
         raise ResultsError(f"schema_version {version} is newer than this ngl-profile understands "
                            f"({SCHEMA_VERSION}); upgrade ngl-profile")
-    for key in ("scenario", "gpu", "mode", "device"):
-        if key not in d:
-            raise ResultsError(f"missing {key!r}")
-    for c in d.get("cases", []):
-        mem = c.setdefault("memory_bytes", {})
-        for cat in CATEGORIES:  # older files may lack a category: it held nothing then
-            mem.setdefault(cat, 0)
+    d = dict(d)
+    if isinstance(d.get("cases"), list):
+        d["cases"] = [_upgrade_case(c) for c in d["cases"]]
     return d
+
+
+def _upgrade_case(c):
+    if isinstance(c, dict) and isinstance(c.get("memory_bytes", {}), dict):
+        # older files may lack a category: it held nothing then
+        c = dict(c, memory_bytes={**dict.fromkeys(CATEGORIES, 0), **c.get("memory_bytes", {})})
+    return c
+
+
+# --- the schema, as validators: each takes (value, key path) and raises ResultsError naming the path ---
+
+def _show(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v if len(v) <= 40 else v[:37] + "...")
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "an object"
+    return json.dumps(v)  # numbers, true/false, null; NaN and Infinity as JSON writes them
+
+
+def _key(path: str, k: str) -> str:
+    """`path.k`, or `path["k"]` for a key that would not read as one (spaces, dots, newlines)."""
+    seg = f".{k}" if k.isidentifier() else f"[{json.dumps(k)}]"
+    return seg[1:] if not path and seg.startswith(".") else path + seg
+
+
+def _fail(path: str, expected: str, got) -> None:
+    raise ResultsError(f"{path}: expected {expected}, got {_show(got)}")
+
+
+def _number(minimum: float | None = None, *, integer: bool = False, optional: bool = False):
+    """A finite number (bool is not one); null too if optional."""
+    what = ("an integer" if integer else "a number") + ("" if minimum is None else f" ≥ {minimum:g}")
+    what += " or null" if optional else ""
+
+    def check(v, path):
+        if v is None and optional:
+            return
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or (integer and not isinstance(v, int)):
+            _fail(path, what, v)
+        if not math.isfinite(v):
+            _fail(path, f"a finite number{' or null' if optional else ''}", v)
+        if minimum is not None and v < minimum:
+            _fail(path, what, v)
+    return check
+
+
+def _string(*allowed: str, nonempty: bool = False, optional: bool = False):
+    what = f"one of {', '.join(map(json.dumps, allowed))}" if allowed else "a non-empty string" if nonempty \
+        else "a string"
+    what += " or null" if optional else ""
+
+    def check(v, path):
+        if v is None and optional:
+            return
+        if not isinstance(v, str) or (allowed and v not in allowed) or (nonempty and not v):
+            _fail(path, what, v)
+    return check
+
+
+def _boolean(optional: bool = False):
+    def check(v, path):
+        if not (isinstance(v, bool) or (v is None and optional)):
+            _fail(path, "true or false" + (" or null" if optional else ""), v)
+    return check
+
+
+def _scalar(v, path):
+    if v is None or isinstance(v, (str, bool)):
+        return
+    _number()(v, path)
+
+
+def _any(v, path):
+    pass
+
+
+def _list(of, *, optional: bool = False):
+    def check(v, path):
+        if v is None and optional:
+            return
+        if not isinstance(v, list):
+            _fail(path, "a list" + (" or null" if optional else ""), v)
+        for i, x in enumerate(v):
+            of(x, f"{path}[{i}]")
+    return check
+
+
+def _object(of=_any, *, optional: bool = False):
+    """An object whose every value passes `of`."""
+    def check(v, path):
+        if v is None and optional:
+            return
+        if not isinstance(v, dict):
+            _fail(path, "an object" + (" or null" if optional else ""), v)
+        for k, x in v.items():
+            of(x, _key(path, k))
+    return check
+
+
+def _record(fields: dict, required: tuple = (), *, optional: bool = False):
+    """An object with known keys (checked when present; `required` ones must be); others are ignored."""
+    def check(v, path):
+        if v is None and optional:
+            return
+        if not isinstance(v, dict):
+            _fail(path or "the file", "an object" + (" or null" if optional else ""), v)
+        for k in required:
+            if k not in v:
+                raise ResultsError(f"{path + ': ' if path else ''}missing {k!r}")
+        for k, of in fields.items():
+            if k in v:
+                of(v[k], _key(path, k))
+    return check
+
+
+def _thresholds_table(v, path):
+    from ngl_profile.schema.thresholds import Thresholds
+
+    try:
+        Thresholds.from_table(v, path)
+    except ValueError as e:
+        raise ResultsError(str(e)) from None
+
+
+def _timeline_event(v, path):
+    if not (isinstance(v, list) and len(v) == 3):
+        _fail(path, "[event, live bytes, phase]", v)
+    _number(0)(v[0], f"{path}[0]")
+    _number(0)(v[1], f"{path}[1]")
+    _string()(v[2], f"{path}[2]")
+
+
+_BYTES, _COUNT, _SECONDS = _number(0), _number(0, integer=True), _number(0, optional=True)
+_OPTIMIZER = _record({"name": _string(nonempty=True), "label": _string(optional=True), "hparams": _object()},
+                     required=("name",))
+_CASE = _record({
+    "optimizer": _OPTIMIZER,
+    "status": _string("ok", "oom", "error"), "message": _string(), "provenance": _string("measured", "estimated"),
+    "memory_bytes": _object(_BYTES), "peak_bytes": _BYTES, "peak_phase": _string(),
+    "fits": _boolean(optional=True), "headroom_bytes": _number(optional=True),
+    "tokens_per_s": _number(0, optional=True), "step_time_s": _object(_SECONDS),
+    "mfu": _number(0, optional=True), "flops_per_token": _number(0, optional=True),
+    "step_flops": _number(0, optional=True),
+    "projected": _record({"tokens_per_s_upper_bound": _number(0), "gpu": _string(optional=True),
+                          "assumptions": _string()}, required=("tokens_per_s_upper_bound", "assumptions"),
+                         optional=True),
+    "nvml": _object(_scalar), "host_rss_peak_bytes": _number(0, optional=True),
+    "step_peaks_bytes": _list(_BYTES), "timeline": _list(_timeline_event),
+    "cuda": _object(_number(optional=True)), "params": _object(_COUNT),
+    "duration_s": _SECONDS, "skipped_updates": _COUNT, "damping_backoffs": _COUNT,
+}, required=("optimizer", "status"))
+_RUN = _record({
+    "scenario": _record({"name": _string(nonempty=True), "model": _string(nonempty=True),
+                         "seq_len": _number(1, integer=True), "batch_size": _number(1, integer=True),
+                         "dtype": _string(nonempty=True), "steps": _number(1, integer=True),
+                         "warmup": _COUNT, "checkpointing": _boolean(), "gpu": _string(), "mode": _string(),
+                         "lr": _number(), "thresholds": _thresholds_table, "source": _string(),
+                         "optimizers": _list(_OPTIMIZER)},
+                        required=("name", "model", "seq_len", "batch_size", "dtype")),
+    "gpu": _record({"name": _string(nonempty=True), "memory_bytes": _number(1), "bf16_tflops": _number(0),
+                    "bandwidth_gbs": _number(0), "source": _string()}, required=("name", "memory_bytes")),
+    "mode": _string("measured", "estimated"), "device": _string(nonempty=True),
+    "environment": _object(_scalar), "cases": _list(_CASE), "created_utc": _string(),
+}, required=("scenario", "gpu", "mode", "device"))
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:
@@ -147,16 +324,16 @@ def load_results(path: str | Path) -> RunResult:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise ResultsError(f"{path}: no such results file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ResultsError(f"{p}: not a readable results file ({e.__class__.__name__}: {e})") from None
     if not isinstance(data, dict):
-        raise ResultsError(f"{p}: not a results object")
+        raise ResultsError(f"{p}: not a results object: expected an object, got {_show(data)}")
     try:
         return RunResult.from_dict(data)
     except ResultsError as e:
         raise ResultsError(f"{p}: {e}") from None
-    except (KeyError, TypeError) as e:
-        raise ResultsError(f"{p}: malformed results ({e})") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as e:  # the schema should have said: a gap in it
+        raise ResultsError(f"{p}: malformed results ({e.__class__.__name__}: {e})") from None
 
 
 def load_many(paths) -> list[RunResult]:

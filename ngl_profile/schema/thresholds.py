@@ -1,11 +1,14 @@
 """Regression thresholds for `ngl-profile check`: a typed [thresholds] table."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 
 __all__ = ["Thresholds", "MiB"]
 
 MiB = 1 << 20
+
+_RELATIVE = ("memory_rel", "throughput_rel", "step_time_rel", "throughput_abs_rel", "step_time_abs_rel")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -18,19 +21,32 @@ class Thresholds:
     """max relative decrease of tokens/s as a ratio to the run's AdamW case"""
     step_time_rel: float = 0.10
     """max relative increase of optimizer step time as a ratio to the run's AdamW case"""
+    throughput_abs_rel: float = 0.25
+    """max relative decrease of absolute tokens/s; judged only when both runs come from the same machine
+    and software (ratios cancel a busy host, absolute figures do not: hence wider than the ratio's)"""
+    step_time_abs_rel: float = 0.25
+    """max relative increase of absolute optimizer step time; same machine and software only"""
 
     def __post_init__(self) -> None:
-        for key in ("memory_rel", "throughput_rel", "step_time_rel"):
+        for key in _RELATIVE:
             v = getattr(self, key)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < 10:
-                raise ValueError(f"thresholds: {key} must be a number in [0, 10); got {v!r}")
-        if not isinstance(self.memory_abs_bytes, int) or self.memory_abs_bytes < 0:
-            raise ValueError(f"thresholds: memory_abs_bytes must be an integer ≥ 0; got {self.memory_abs_bytes!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and 0 <= v < 10):
+                raise ValueError(f"thresholds.{key}: expected a number in [0, 10), got {v!r}")
+        v = self.memory_abs_bytes
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"thresholds.memory_abs_bytes: expected an integer ≥ 0, got {v!r}")
 
     @classmethod
-    def from_table(cls, table: dict, where: str) -> "Thresholds":
-        known = set(cls.__dataclass_fields__)
+    def from_table(cls, table, where: str) -> "Thresholds":
+        """From a [thresholds] table; errors name `where` and the key."""
+        if not isinstance(table, dict):
+            raise ValueError(f"{where}: expected a table of thresholds, got {type(table).__name__} {table!r}")
+        known = {f.name for f in fields(cls)}
         unknown = sorted(set(table) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown threshold(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-        return cls(**table)
+            raise ValueError(f"{where}: unknown threshold(s) {', '.join(map(str, unknown))}; "
+                             f"allowed: {', '.join(sorted(known))}")
+        try:
+            return cls(**table)
+        except ValueError as e:  # "thresholds.key: ..." → "<where>.key: ..."
+            raise ValueError(f"{where}{str(e).removeprefix('thresholds')}") from None
