@@ -84,9 +84,21 @@ def environment(device: str) -> dict:
         info = NvmlSampler().device_info()
         env.update(info or {"device_name": "CUDA device (NVML unavailable)", "driver": None})
     else:
-        env["device_name"] = f"CPU ({platform.processor() or platform.machine()})"
+        env["device_name"] = f"CPU ({_cpu_model() or platform.processor() or platform.machine()})"
         env["driver"] = None
     return env
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name (Linux): machines of one kind differ by CPU, and so do their timings."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def _git_commit() -> str | None:
