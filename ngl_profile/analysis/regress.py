@@ -264,18 +264,9 @@ def _ref(run: RunResult, metric: str) -> float | None:
 
 def load_thresholds(path) -> Thresholds:
     """The [thresholds] table of a TOML file (a scenario file will do)."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    try:
-        data = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such thresholds file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: cannot read it ({e.__class__.__name__}: {e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: not valid TOML: {e}") from None
+    from ngl_profile.schema.presets import read_toml
+
+    data = read_toml(Path(path), what="thresholds file")
     if "thresholds" not in data:
         raise ValueError(f"{path}: no [thresholds] table")
     return Thresholds.from_table(data["thresholds"], f"{path}: [thresholds]")

@@ -60,11 +60,14 @@ def resolve_preset(name_or_path: str) -> Path:
                         f"(or give a path to a .toml file)")
 
 
-def read_toml(path: Path) -> dict:
+def read_toml(path: Path, what: str = "file") -> dict:
+    """A TOML file's tables; any failure is one ScenarioError line naming the file."""
     try:
         return tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such file") from None
+        raise ScenarioError(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise ScenarioError(f"{path}: is a directory, not a {what}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ScenarioError(f"{path}: cannot read: {e}") from None
     except tomllib.TOMLDecodeError as e:
