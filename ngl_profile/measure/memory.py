@@ -16,6 +16,7 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -27,22 +28,14 @@ __all__ = ["CATEGORIES", "TRACKED", "MemoryTracker", "MemorySnapshot", "state_ke
            "optimizer_states"]
 
 
-_STATE_KEYS = {
-    # ours (ngl_profile.optim), torch AdamW, transformers Adafactor, bitsandbytes, galore-torch
-    "exp_avg": "moments", "exp_avg_sq": "moments", "exp_avg_sq_row": "moments",
-    "exp_avg_sq_col": "moments", "state1": "moments", "state2": "moments", "step": "moments",
-    "RMS": "moments", "momentum_buffer": "moments", "max_exp_avg_sq": "moments",
-    "exp_avg_absmax": "quant_stats", "exp_avg_sq_absmax": "quant_stats", "absmax1": "quant_stats",
-    "absmax2": "quant_stats", "qmap1": "quant_stats", "qmap2": "quant_stats",
-    "history": "history", "history_scale": "history", "gram": "history", "damping_backoffs": "history",
-    "projector": "projectors",
-}
-
-
-def state_key_category(key: str) -> str:
-    if key.startswith("proj_"):
-        return "projectors"
-    return _STATE_KEYS.get(key, "moments")
+def state_key_category(declared: Callable[[str], str | None] | None, key: str) -> str:
+    """The category the optimizer (or the zoo, for third-party optimizers) declares for a state key.
+    An undeclared key is an error, not a silent "moments": a new key must say what it is."""
+    category = declared(key) if declared is not None else None
+    if category is None:
+        raise ValueError(f"optimizer state key {key!r} has no declared memory category "
+                         "(declare it in the optimizer's state_categories, or in the zoo for a third-party one)")
+    return category
 
 
 def optimizer_states(optimizer) -> list[dict]:
@@ -100,8 +93,10 @@ class MemoryTracker(TorchDispatchMode):
     before a per-layer optimizer's hooks free the gradient.
     """
 
-    def __init__(self, record_timeline: bool = True):
+    def __init__(self, record_timeline: bool = True, state_category: Callable[[str], str | None] | None = None):
+        """state_category: state key → memory category, as the optimizer declares it."""
         super().__init__()
+        self.state_category = state_category
         self._s = _State()
         self._serial = 0
         self._phase = "other"
@@ -146,7 +141,7 @@ class MemoryTracker(TorchDispatchMode):
         for st in optimizer_states(optimizer):
             for key, value in st.items():
                 for t in _state_tensors(value):
-                    self._tag(t, state_key_category(key))
+                    self._tag(t, state_key_category(self.state_category, key))
 
     def detach(self) -> None:
         for h in self._hooks:

@@ -6,7 +6,7 @@
                               {"params": rest}], lr=1e-3)
 
 The comparison zoo (torch AdamW, bitsandbytes, transformers' Adafactor, peft LoRA, galore-torch)
-is built by name in `ngl_profile.zoo.optimizers`.
+is built by name by the profiler (its optimizer zoo), outside this package: nothing here imports it.
 """
 from ngl_profile.optim.layerwise import LayerwiseOptimizer
 from ngl_profile.optim.optimizer import (LOW_RANK_DEFAULTS, SUBSPACE_POLICIES, NaturalGaLoreAdafactor,

@@ -1,13 +1,14 @@
 """Single-pass kernels for the Natural GaLore window, made by torch.compile when it works here.
 
 The window is the step's largest memory traffic (s×k per matrix, read twice per step). Eagerly,
-the Gram row of a new column converts the window to float64 (a copy twice its size) before a
-mat-vec, and g̃ = G·w is a mat-vec over the transposed window that ran on one core. Compiled
-(inductor: C++ on a CPU, Triton on a GPU), each is one loop that reads the window once: products
-of float32, bfloat16 or int8·scale values are exact in float64, so the Gram row is as accurate as
-the eager one, only summed in another order (≤ 1e-13 relative, tested). Measured on 2 cores
-(llama-60m matrices, rank 128, fp32; s = 10 step minus s = 0 step, two runs each): the window's
-part of the step went from 44–55 ms eager to 23–27 ms compiled.
+both passes convert the window to float64 (slice by slice, a copy twice the slice's size) before
+a mat-vec over it. Compiled (inductor: C++ on a CPU, Triton on a GPU), each is one loop that
+reads the window once: products of float32, bfloat16 or int8·scale values are exact in float64,
+so the Gram row is as accurate as the eager one, only summed in another order (≤ 1e-13
+relative, tested); g̃ = G·w is summed in float64 per element (natural.combine says why), in
+registers, and written once in the requested dtype. Measured on 2 cores (llama-60m matrices,
+rank 128, fp32; s = 10 step minus s = 0 step, two runs each, g̃ then summed in float32): the
+window's part of the step went from 44–55 ms eager to 23–27 ms compiled.
 Tried and left out: a compiled Adam (one pass instead of six). Alone it was 1.6–2.6× faster per
 call, but steps were no faster (llama-60m 74.7 vs 71.8 ms eager; llama-350m layers 268–273 vs
 264–266 ms): between the matmuls its gain was lost to the call's Dynamo overhead and thread hand-offs.
@@ -26,8 +27,8 @@ import warnings
 from typing import Callable
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
-from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
+
+from ngl_profile.optim.values import has_values, outside_dispatch_modes
 
 __all__ = ["MIN_ELEMENTS", "usable", "gram_row", "combine"]
 
@@ -72,14 +73,21 @@ def _gram_row_kernel(cols, col_scale, g, g_scale, out):
 
 
 def _combine_kernel(cols, col_scale, w, out):
-    # row by row (the loop unrolls: s is fixed per window), so each row is one streaming read;
-    # torch.mv over the transposed window ran on one core at ~60 % of the read bandwidth
+    # Σ_j w_j c_j accumulated in float64 (w is float64; in a dependent window its entries are
+    # ≈ ±1/λ and cancel: a float32 sum lost every digit, natural.combine), rounded once into
+    # `out`. Row by row (the loop unrolls: s is fixed per window), so each row is one streaming
+    # read; torch.mv over the transposed window ran on one core at ~60 % of the read bandwidth.
+    # bf16 and int8 go through float32 (exact) on their way to float64: inductor vectorises
+    # that on a CPU, not a direct bf16 → float64 conversion. An int8 column's scale is folded
+    # into its weight (s multiplies, not s·k). Cost of float64: one FMA per window element at
+    # half the float32 vector width (benchmarks/optimizer_step.py measures it on a CPU). On a GPU
+    # with 1/64-rate float64 (RTX 4090 datasheet: 0.65 T FMA/s, 1.0 TB/s) a float32 or bf16
+    # window stays read-bound; an int8 one (1 byte per FMA) would take ~1.6× its read time.
     acc = None
     for j in range(cols.shape[0]):
-        c = cols[j].to(torch.float32)
-        if col_scale is not None:
-            c = c * col_scale[j]
-        acc = c * w[j] if acc is None else acc + c * w[j]
+        wj = w[j] if col_scale is None else w[j] * col_scale[j].to(torch.float64)
+        term = cols[j].to(torch.float32).to(torch.float64) * wj
+        acc = term if acc is None else acc + term
     out.copy_(acc)
 
 
@@ -94,10 +102,7 @@ def _run(name: str, device: torch.device, *args) -> bool:
         # Dynamo's recompile limit it runs the function eagerly instead of failing
         fn = _compiled[name] = torch.compile(_KERNELS[name], dynamic=True)
     try:
-        if _get_current_dispatch_mode() is not None:
-            with _disable_current_modes():
-                fn(*args)
-        else:
+        with outside_dispatch_modes():  # under the tracker's mode Dynamo would run it eagerly
             fn(*args)
     except Exception as e:  # noqa: BLE001 — any compiler failure means: use the eager kernel
         _failed.add(device.type)
@@ -116,18 +121,19 @@ def gram_row(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor
     if not usable(cols):
         return None
     out = torch.empty(cols.shape[0], dtype=torch.float64, device=cols.device)
-    if is_fake(out) or _run("gram_row", cols.device, cols, col_scale, g, g_scale, out):
+    if not has_values(out) or _run("gram_row", cols.device, cols, col_scale, g, g_scale, out):
         return out
     return None
 
 
 def combine(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
             dtype: torch.dtype) -> torch.Tensor | None:
-    """Σ_j w_j c_j over every row c_j of cols (dequantized), summed in float32, as `dtype`; None
-    if not `usable` or not compilable here. Rows with w_j = 0 add exactly 0 (stored values are finite)."""
+    """Σ_j w_j c_j over every row c_j of cols (dequantized; w: float64, one per row), summed in
+    float64 and rounded once to `dtype`; None if not `usable` or not compilable here. Rows with
+    w_j = 0 add exactly 0 (stored values are finite). Allocates only the length-k output."""
     if not usable(cols):
         return None
     out = torch.empty(cols.shape[1], dtype=dtype, device=cols.device)
-    if is_fake(out) or _run("combine", cols.device, cols, col_scale, w, out):
+    if not has_values(out) or _run("combine", cols.device, cols, col_scale, w, out):
         return out
     return None

@@ -12,6 +12,9 @@ from typing import Callable, Iterable
 
 import torch
 
+from ngl_profile.optim.backoff import BackoffWatch
+from ngl_profile.optim.state_keys import category_of, merge
+
 __all__ = ["LayerwiseOptimizer"]
 
 
@@ -48,6 +51,11 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
         super().__init__([g["params"][0] for g in inner_groups], {})
         # share the inner groups' dicts: an LR scheduler that sets group["lr"] here sets it there
         self.param_groups = inner_groups
+        # one damping-backoff warning for the whole optimizer, not one per parameter
+        watch = BackoffWatch()
+        for opt in self.optimizers:
+            if isinstance(getattr(opt, "_backoff_watch", None), BackoffWatch):
+                opt._backoff_watch = watch
 
     def _hook(self, opt: torch.optim.Optimizer):
         def step_now(p: torch.Tensor) -> None:
@@ -74,6 +82,18 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
     @property
     def skipped_updates(self) -> int:
         return sum(getattr(o, "skipped_updates", 0) for o in self.optimizers)
+
+    @property
+    def damping_backoffs(self) -> int:
+        return sum(getattr(o, "damping_backoffs", 0) for o in self.optimizers)
+
+    @property
+    def state_categories(self) -> dict[str, str]:
+        """The union of the inner optimizers' declarations (state key → memory category)."""
+        return merge(*(getattr(o, "state_categories", {}) for o in self.optimizers))
+
+    def state_category(self, key: str) -> str | None:
+        return category_of(self.state_categories, key)
 
     def state_dict(self) -> dict:
         return {"optimizers": [o.state_dict() for o in self.optimizers],

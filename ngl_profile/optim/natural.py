@@ -4,15 +4,25 @@ With G = [g_{t-s+1} … g_t] (k×s, newest column = g_t) and damping λ, the pap
     g̃ = (λI + GGᵀ)⁻¹ g_t = (g_t − G z)/λ,   S z = Gᵀ g_t,   S = λI + GᵀG.
 As printed, that subtracts two nearly equal k-vectors whenever ‖g‖² ≫ λ (always, for LLM gradients
 at λ = 1e-3) and float32 leaves only rounding noise. Because g_t = G e_last, the push-through
-identity (λI + GGᵀ)⁻¹G = G(λI + GᵀG)⁻¹ gives the same vector with no subtraction:
+identity (λI + GGᵀ)⁻¹G = G(λI + GᵀG)⁻¹ gives the same vector without forming g_t − G z:
     S w = e_last,   g̃ = G w.
+That sum still cancels when the window's columns are (nearly) linearly dependent — the same
+gradient repeated, or s > k: w then has entries ≈ ±1/λ while g̃ ≈ g/(n‖g‖²) (n identical columns:
+exactly g/(λ + n‖g‖²)). Summed in float32 (with w rounded to float32) it was off by 6.5e-2 at
+‖g‖² = 1e2, by 330× at 1e6 and 4.8e4× at 1e8 (10 repeated columns, λ = 1e-3), so `combine` keeps
+w in float64 and accumulates Σ_j w_j c_j in float64, reading the window in slices (eager) or
+per element (compiled), never as a float64 copy. What is left is the conditioning of S itself
+(κ ≈ n‖g‖²/λ for a dependent window): the float64 Cholesky leaves g̃ a relative error of order
+s·2⁻⁵³·κ: measured ≤ 1.6e-6 at ‖g‖² = 1e6 and ≤ 1.2e-4 at 1e8 for s = 10; up to 1e4 the float32
+rounding of the result (≤ 6e-8) dominates (`python -m tests.optim.dependent_windows` prints them).
 The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in float64 and updated by
 one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
 torch.stack of the history every step, as the official code does). A step is `push` (store g_t,
 new Gram row) for every matrix, one batched `weights` for all of them, then `combine` (g̃ = G w)
 for each; the two passes over large windows run as compiled kernels (kernels.py).
 
-State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them):
+State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
+category is declared in STATE_CATEGORIES, next to `init_window`, which creates them):
   history        s×k ring buffer in the storage dtype (float32, bfloat16 or int8)
   history_scale  s per-column scales, int8 storage only (absmax / 127)
   gram           s×s float64 Gram matrix of the stored (dequantized) columns, slot order
@@ -21,29 +31,31 @@ State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them
 """
 from __future__ import annotations
 
+import weakref
 from functools import lru_cache
 
 import torch
-from torch._subclasses.fake_tensor import is_fake
 
 from ngl_profile.optim import kernels
+from ngl_profile.optim.values import has_values, value_scope
 
-__all__ = ["HISTORY_DTYPES", "init_window", "reset_window", "push", "weights", "combine", "solve",
-           "rotate_window", "all_finite"]
+__all__ = ["HISTORY_DTYPES", "STATE_CATEGORIES", "N_TIERS", "TIER_FACTOR", "init_window", "reset_window",
+           "push", "weights", "combine", "solve", "rotate_window", "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
-# The window is read in slices of at most this many elements (all columns together), so the float64
-# Gram update never materialises an s×k float64 copy of it (a 7B MLP matrix at s = 10: ~0.9 GB);
-# the transient is ≤ 64 MiB. Larger slices mean fewer kernel launches (and a faster estimator).
+# The window is read in slices of at most this many elements (all columns together), so neither the
+# float64 Gram update nor the eager float64 g̃ = G·w materialises an s×k float64 copy of it (a 7B
+# MLP matrix at s = 10: ~0.9 GB); the transient is one float64 slice, ≤ 64 MiB (+ for `combine`
+# its float64 result, 1/n of that). Larger slices mean fewer kernel launches (and a faster estimator).
 _CHUNK_ELEMENTS = 1 << 23
-# λ, then 1e3·λ, then 1e6·λ if the factorisation fails (bounded; see solve)
-_N_TIERS, _TIER_FACTOR = 3, 1e3
+# λ, then 1e3·λ, then 1e6·λ if the factorisation fails (bounded; see weights)
+N_TIERS, TIER_FACTOR = 3, 1e3
 
 
 def _host_bool(t: torch.Tensor) -> bool:
     """Read a 0-d boolean on the host (a sync). Under FakeTensorMode — ngl-profile's estimator —
     there is no value to read: the estimate follows the normal path (finite)."""
-    if is_fake(t):
+    if not has_values(t):
         return True
     return bool(t)
 
@@ -56,6 +68,11 @@ def all_finite(x: torch.Tensor) -> bool:
     would tell the two apart but costs 3× the float32 one (~2 ms of a llama-60m step, 2 cores).
     """
     return _host_bool(torch.isfinite(x.sum(dtype=torch.float32)))
+
+
+# the memory category of every state key this module creates (the optimizer classes collect them)
+STATE_CATEGORIES = {"history": "history", "history_scale": "history", "gram": "history",
+                    "history_count": "history", "history_head": "history", "damping_backoffs": "history"}
 
 
 def init_window(state: dict, k: int, s: int, storage: str, device: torch.device) -> None:
@@ -118,6 +135,7 @@ def _gram_update(state: dict, slot: int, n: int, compiled: bool = False) -> None
         for lo, hi in _slices(buf.shape[1], n):
             c = _columns(state, slice(0, n), lo, hi, torch.float64)  # n × slice
             row += c @ c[slot]
+            del c  # before the next slice is made: one float64 slice alive at a time, not two
     state["gram"][slot, :n] = row
     state["gram"][:n, slot] = row
 
@@ -134,9 +152,12 @@ def push(state: dict, g: torch.Tensor, compiled: bool = False) -> None:
     _gram_update(state, slot, state["history_count"], compiled)
 
 
-def weights(states: list[dict], dampings: list[float]) -> list[torch.Tensor]:
+def weights(states: list[dict], dampings: list[float], tally: dict | None = None) -> list[torch.Tensor]:
     """w with (λI + GᵀG) w = e_newest for every window: float64, one entry per slot (length s),
     0 for slots not filled yet.
+
+    tally: if given, {(λ, device): int64 tensor of N_TIERS + 1 counts}, the number of solves that
+    took each damping tier (the last entry: none factored), added to on the device (no host read).
 
     Windows with the same size, fill, newest slot, λ and device (normally every matrix of a
     model) are solved together: one batched factorisation instead of ~20 tiny ops per matrix,
@@ -156,6 +177,8 @@ def weights(states: list[dict], dampings: list[float]) -> list[torch.Tensor]:
         grams = (states[idx[0]]["gram"][None, :n, :n] if single
                  else torch.stack([states[i]["gram"][:n, :n] for i in idx]))  # P×n×n
         w, tiers = _solve_tiers(grams, newest, lam)
+        if tally is not None:
+            _count_tiers(tally, lam, device, tiers)
         if n < s:
             w = torch.cat([w, w.new_zeros(len(idx), s - n)], dim=1)
         if single:
@@ -168,56 +191,83 @@ def weights(states: list[dict], dampings: list[float]) -> list[torch.Tensor]:
     return out
 
 
+def _count_tiers(tally: dict, lam: float, device: torch.device, tiers: torch.Tensor) -> None:
+    counts = tally.get((lam, device))
+    if counts is None:
+        counts = tally[(lam, device)] = torch.zeros(N_TIERS + 1, dtype=torch.int64, device=device)
+    counts.scatter_add_(0, tiers, torch.ones_like(tiers))  # two small kernels, no sync
+
+
 def _tier_constants(n: int, damping: float, device: torch.device) -> tuple[torch.Tensor, ...]:
     """(I, λ_tier·I for every tier, I/λ_last) in float64. Cached per (n, λ, device): making them
     was 7 of the solve's ops, ~15 µs a step for each per-layer optimizer on 2 cores."""
     eye = torch.eye(n, dtype=torch.float64, device=device)
     # λ·[1, 10³, 10⁶] made on the device by a fill and a cumprod: torch.tensor(list, device=cuda)
     # would be a host→device copy
-    lams = torch.full((_N_TIERS,), _TIER_FACTOR, dtype=torch.float64, device=device).cumprod(0)
-    lams = lams / _TIER_FACTOR * damping  # [1, 1e3, 1e6] exactly, then λ: tier 0 is λ to the bit
+    lams = torch.full((N_TIERS,), TIER_FACTOR, dtype=torch.float64, device=device).cumprod(0)
+    lams = lams / TIER_FACTOR * damping  # [1, 1e3, 1e6] exactly, then λ: tier 0 is λ to the bit
     return eye, lams[:, None, None] * eye, eye / lams[-1]
 
 
 _cached_tier_constants = lru_cache(maxsize=64)(_tier_constants)
+# the same cache for each FakeTensorMode: an estimate then holds the constants exactly as long as
+# a real run does (rebuilt at every solve, they were 40·n² bytes of temporaries a real run lacks)
+_scoped_tier_constants: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _constants_for(grams: torch.Tensor, n: int, damping: float) -> tuple[torch.Tensor, ...]:
+    scope = value_scope(grams)
+    if scope is None:
+        return _cached_tier_constants(n, damping, grams.device)
+    per_scope = _scoped_tier_constants.setdefault(scope, {})
+    key = (n, float(damping), grams.device)
+    if key not in per_scope:
+        per_scope[key] = _tier_constants(n, damping, grams.device)
+    return per_scope[key]
 
 
 def _solve_tiers(grams: torch.Tensor, newest: int, damping: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(w: P×n, damping tiers climbed: P) for P Gram matrices with the same newest slot."""
     P, n, _ = grams.shape
-    # fake tensors (the estimator) belong to one FakeTensorMode: never cached across modes
-    make = _tier_constants if is_fake(grams) else _cached_tier_constants
-    eye, shifts, eye_over_last = make(n, damping, grams.device)
+    eye, shifts, eye_over_last = _constants_for(grams, n, damping)
     chol, info = torch.linalg.cholesky_ex(grams[:, None] + shifts)  # P×tiers×n×n
     e = eye[:, newest : newest + 1]
-    w_tiers = torch.cholesky_solve(e.expand(P, _N_TIERS, n, 1), chol).squeeze(-1)  # P×tiers×n
+    w_tiers = torch.cholesky_solve(e.expand(P, N_TIERS, n, 1), chol).squeeze(-1)  # P×tiers×n
     ok = info == 0
     first = torch.argmax(ok.to(torch.int8), dim=1)  # the smallest λ that factored (0 if none did)
     chosen = torch.gather(w_tiers, 1, first[:, None, None].expand(P, 1, n)).squeeze(1)  # no host read
     factored = ok.any(dim=1)
     # none factored (impossible with finite gradients, but never NaN): the λ → ∞ limit, g_t / λ
     w = torch.where(factored[:, None], chosen, eye_over_last[newest])
-    return w, torch.where(factored, first, _N_TIERS).to(torch.int64)
+    return w, torch.where(factored, first, N_TIERS).to(torch.int64)
 
 
 def combine(state: dict, w: torch.Tensor, compiled: bool = False,
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """g̃ = G w over the window (w from `weights`, one entry per slot), summed in float32 and
-    returned as `dtype` (the compiled kernel writes it so, without a float32 copy); length k."""
-    buf, scale = state["history"], state.get("history_scale")
-    w32 = w.float()
+    """g̃ = G w over the window (w from `weights`: float64, one entry per slot), length k, as `dtype`.
+
+    Summed in float64 and rounded once: each term w_j·c_j is one float64 rounding of exact
+    values (stored float32/bf16 values and int8·scale are exact in float64; the compiled kernel
+    folds an int8 scale into w_j first, one rounding more), so the sum is within (s+1)·2⁻⁵³·
+    Σ_j |w_j c_j| of the exact one, element by element — the bound that matters when the terms
+    cancel (a dependent window: |w_j| ≈ 1/λ, module docstring; tested). Never a float64
+    copy of the window: the compiled kernel accumulates per element in registers; the eager code
+    widens one slice at a time (≤ 8·_CHUNK_ELEMENTS bytes, plus the slice's float64 result).
+    """
+    buf = state["history"]
+    w64 = w.to(torch.float64)
     if compiled:  # every slot (w = 0 for unfilled ones): one kernel per window shape
-        out = kernels.combine(buf, scale, w32, dtype)
+        out = kernels.combine(buf, state.get("history_scale"), w64, dtype)
         if out is not None:
             return out
     n = state["history_count"]
-    if buf.dtype == torch.float32:  # stored as computed: one mat-vec, no copy of the window
-        return torch.mv(buf[:n].t(), w32[:n]).to(dtype)
     k = buf.shape[1]
-    out = torch.empty(k, dtype=torch.float32, device=buf.device)
+    out = torch.empty(k, dtype=dtype, device=buf.device)
     for lo, hi in _slices(k, n):
-        out[lo:hi].copy_(torch.mv(_columns(state, slice(0, n), lo, hi, torch.float32).t(), w32[:n]))
-    return out.to(dtype)
+        cols = _columns(state, slice(0, n), lo, hi, torch.float64)  # n × slice, the bounded transient
+        out[lo:hi].copy_(torch.mv(cols.t(), w64[:n]))  # float64 sum, rounded once into `dtype`
+        del cols  # before the next slice is made: one float64 slice alive at a time, not two
+    return out
 
 
 def solve(state: dict, damping: float) -> torch.Tensor:

@@ -16,9 +16,11 @@ from itertools import chain
 import torch
 
 from ngl_profile.optim import natural
+from ngl_profile.optim.backoff import BackoffWatch, total_backoffs
 from ngl_profile.optim.projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
                         projected_shape, resolve_side, rotate)
 from ngl_profile.optim.rules import Adam8bitRule, AdafactorRule, AdamRule
+from ngl_profile.optim.state_keys import category_of, merge
 
 __all__ = ["NaturalGaLoreAdamW", "NaturalGaLoreAdamW8bit", "NaturalGaLoreAdafactor",
            "LOW_RANK_DEFAULTS", "SUBSPACE_POLICIES"]
@@ -63,14 +65,35 @@ def _validate_low_rank(group: dict) -> None:
     group["history_dtype"] = _history_dtype_name(group["history_dtype"])
 
 
+# the state keys this module creates (in _begin and _project); the rule and natural.py declare theirs
+_STATE_CATEGORIES = {"step": "moments", "nonfinite_skips": "moments",  # ints: Adam's t, skip counter
+                     "proj_factors": "projectors", "proj_*": "projectors"}  # basis factors proj_0, proj_1, …
+
+
 class _NaturalGaLore(torch.optim.Optimizer):
     rule = AdamRule()
+    # key → memory category for every state key this optimizer can create ("prefix*": every key
+    # with that prefix); built per class from its rule's declaration (see __init_subclass__)
+    state_categories: dict[str, str] = merge(_STATE_CATEGORIES, natural.STATE_CATEGORIES,
+                                             AdamRule.state_categories)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.state_categories = merge(_STATE_CATEGORIES, natural.STATE_CATEGORIES, cls.rule.state_categories)
+
+    @classmethod
+    def state_category(cls, key: str) -> str | None:
+        """The memory category declared for state key `key` (None: not one of ours)."""
+        return category_of(cls.state_categories, key)
 
     def __init__(self, params, defaults: dict):
         _check(defaults["lr"] >= 0, "lr", defaults["lr"], "≥ 0")
         _check(isinstance(defaults["compile"], bool), "compile", defaults["compile"], "true or false")
         _check(defaults["weight_decay"] >= 0, "weight_decay", defaults["weight_decay"], "≥ 0")
         self._rank_warned = False
+        # warns once if a window's solve needed a larger damping than asked (backoff.py says how,
+        # and what it costs); a LayerwiseOptimizer gives its inner optimizers one shared watch
+        self._backoff_watch = BackoffWatch()
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
@@ -84,6 +107,12 @@ class _NaturalGaLore(torch.optim.Optimizer):
     def skipped_updates(self) -> int:
         """Parameter updates skipped because the gradient held NaN or inf."""
         return sum(st.get("nonfinite_skips", 0) for st in self.state.values())
+
+    @property
+    def damping_backoffs(self) -> int:
+        """Damping tiers the window solves had to climb (1e3·λ: 1, 1e6·λ: 2, none factored: 3),
+        summed over parameters and steps; 0 = every solve used the requested λ. A host read."""
+        return total_backoffs(self.state.values())
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -103,10 +132,12 @@ class _NaturalGaLore(torch.optim.Optimizer):
             if pushed is not None:
                 waiting.append((p, group, *pushed))
         if waiting:
-            ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting])
+            ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting],
+                                 self._backoff_watch.tally)
             for (p, group, side, shape, dtype), w in zip(waiting, ws):
                 g_tilde = natural.combine(self.state[p], w, group["compile"], dtype).view(shape)
                 self._finish(p, group, g_tilde, side)
+            self._backoff_watch.check()  # CPU: a free read; GPU: no sync (backoff.py)
         return loss
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is

@@ -1,6 +1,7 @@
 """Moment rules: how a (possibly projected and Fisher-corrected) gradient becomes a direction N.
 
-A rule owns its state keys and returns (N, step_scale); the optimizer applies
+A rule owns its state keys (declared in `state_categories`, key → memory category, where `init`
+creates them) and returns (N, step_scale); the optimizer applies
 p ← p − lr · step_scale · [scale · P] N. Keeping the bias correction in `step_scale` (a float)
 instead of folding it into N keeps the arithmetic in galore-torch's order, so history_size = 0
 reproduces its GaLoreAdamW step for step.
@@ -12,11 +13,15 @@ from functools import lru_cache
 
 import torch
 
+from ngl_profile.optim.values import real_constants
+
 __all__ = ["AdamRule", "Adam8bitRule", "AdafactorRule"]
 
 
 class AdamRule:
     """Adam moments: N = M / (√V + ε), step_scale = √(1−β₂ᵗ) / (1−β₁ᵗ)."""
+
+    state_categories = {"exp_avg": "moments", "exp_avg_sq": "moments"}
 
     def init(self, state: dict, g: torch.Tensor, group: dict) -> None:
         state["exp_avg"] = torch.zeros_like(g)
@@ -40,10 +45,9 @@ _MIN_8BIT = 4096  # like bitsandbytes: small tensors keep float32 moments (the a
 @lru_cache(maxsize=None)
 def _qmaps(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     import bitsandbytes.functional as bnbf
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     # the maps are built with .tolist(): real tensors even under the estimator's FakeTensorMode
-    with unset_fake_temporarily():
+    with real_constants():
         dev = torch.device(device)
         return bnbf.create_dynamic_map(signed=True).to(dev), bnbf.create_dynamic_map(signed=False).to(dev)
 
@@ -55,6 +59,10 @@ class Adam8bitRule(AdamRule):
     functional API: the transients are the size of the projected gradient, not of the weight.
     Parameters without a rank use bitsandbytes' fused 8-bit Adam kernel on the parameter itself.
     """
+
+    # small tensors keep AdamRule's float32 moments under the same two names
+    state_categories = {**AdamRule.state_categories,
+                        "exp_avg_absmax": "quant_stats", "exp_avg_sq_absmax": "quant_stats"}
 
     def init(self, state: dict, g: torch.Tensor, group: dict) -> None:
         if g.numel() < _MIN_8BIT:
@@ -102,6 +110,9 @@ class Adam8bitRule(AdamRule):
 class AdafactorRule:
     """Adafactor (Shazeer & Stern 2018): factored second moment over the last two dims, RMS clipping,
     optional first moment (group["beta1"]); β₂ₜ = 1 − t^decay_rate."""
+
+    state_categories = {"exp_avg_sq_row": "moments", "exp_avg_sq_col": "moments", "exp_avg_sq": "moments",
+                        "exp_avg": "moments"}
 
     def init(self, state: dict, g: torch.Tensor, group: dict) -> None:
         if g.dim() >= 2:

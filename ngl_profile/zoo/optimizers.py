@@ -20,7 +20,7 @@ from ngl_profile.optim.params import low_rank_parameters
 from ngl_profile.optim.optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
                         NaturalGaLoreAdamW8bit)
 
-__all__ = ["OPTIMIZERS", "build", "low_rank_parameters", "optimizer_names"]
+__all__ = ["OPTIMIZERS", "build", "low_rank_parameters", "optimizer_names", "state_category_lookup"]
 
 _ADAM = ("lr", "betas", "eps", "weight_decay")
 _ADAFACTOR = ("lr", "beta1", "weight_decay")
@@ -30,6 +30,17 @@ _NATURAL = _GALORE + ("history_size", "damping", "history_dtype", "on_subspace_c
 _LORA = ("rank", "lora_alpha", "lora_dropout", "lr", "weight_decay")
 _OURS = ("compile",)  # ngl_profile.optim's fused kernels on/off (kernels.py)
 LAYERWISE_SUFFIX = "-layerwise"
+
+# State keys of the third-party optimizers (ours declare their own: optim/state_keys.py), as each
+# library names them at the versions in .ci/constraints.txt; a key missing here fails the case
+# loudly (measure/memory.py) instead of being counted as something it is not.
+_TORCH_ADAM = {"step": "moments", "exp_avg": "moments", "exp_avg_sq": "moments", "max_exp_avg_sq": "moments"}
+_BNB = {"step": "moments", "state1": "moments", "state2": "moments", "absmax1": "quant_stats",
+        "absmax2": "quant_stats", "qmap1": "quant_stats", "qmap2": "quant_stats", "max1": "quant_stats",
+        "max2": "quant_stats", "new_max1": "quant_stats", "new_max2": "quant_stats", "unorm_vec": "quant_stats"}
+_HF_ADAFACTOR = {"step": "moments", "exp_avg": "moments", "exp_avg_sq": "moments", "exp_avg_sq_row": "moments",
+                 "exp_avg_sq_col": "moments", "RMS": "moments"}
+_GALORE_TORCH_KEYS = {**_TORCH_ADAM, "projector": "projectors"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,8 @@ class OptimizerSpec:
     """narrower ranges than zoo/hparams.py's for this optimizer (name → Hparam)"""
     requires: tuple[str, ...] = ()
     """(import name, pip requirement) of an optional package it is built with"""
+    state_categories: dict = field(default_factory=dict)
+    """state key → memory category, for a third-party optimizer that does not declare its own"""
 
     def check_available(self) -> None:
         """ValueError, before a run starts, when the package this optimizer needs is not installed."""
@@ -149,11 +162,12 @@ def _lora(model, hp):
 
 _SPECS = [
     OptimizerSpec("adamw", "torch.optim.AdamW on every parameter", _ADAM,
-                  _plain("torch.optim.AdamW", _ADAM)),
+                  _plain("torch.optim.AdamW", _ADAM), state_categories=_TORCH_ADAM),
     OptimizerSpec("adamw8bit", "bitsandbytes AdamW8bit (blockwise 8-bit moments)", _ADAM,
-                  _plain("bitsandbytes.optim.AdamW8bit", _ADAM)),
+                  _plain("bitsandbytes.optim.AdamW8bit", _ADAM), state_categories=_BNB),
     OptimizerSpec("adafactor", "transformers' Adafactor (factored second moment), fixed lr", _ADAFACTOR,
-                  _plain("transformers.optimization.Adafactor", ("lr", "beta1", "weight_decay"))),
+                  _plain("transformers.optimization.Adafactor", ("lr", "beta1", "weight_decay")),
+                  state_categories=_HF_ADAFACTOR),
     OptimizerSpec("galore", "GaLore AdamW (ours, history_size 0)", _ADAM + _GALORE + _OURS,
                   _low_rank(NaturalGaLoreAdamW, False, _ADAM), low_rank=True),
     OptimizerSpec("galore-8bit", "GaLore with 8-bit Adam moments (ours, history_size 0)", _ADAM + _GALORE + _OURS,
@@ -169,12 +183,12 @@ _SPECS = [
                   _low_rank(NaturalGaLoreAdafactor, True, _ADAFACTOR), low_rank=True),
     OptimizerSpec("galore-torch", "the published galore-torch GaLoreAdamW (extra 'peers')",
                   _ADAM + _GALORE_TORCH, _galore_torch, low_rank=True,
-                  requires=("galore_torch", "ngl-profile[peers]"),
+                  requires=("galore_torch", "ngl-profile[peers]"), state_categories=_GALORE_TORCH_KEYS,
                   restrict={"proj_type": Hparam(lambda v: v in ("std", "left", "right"),
                                                 "one of std, left, right (galore-torch has no tucker)",
                                                 "projection side")}),
     OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,
-                  layerwise=False),
+                  layerwise=False, state_categories=_TORCH_ADAM),
 ]
 
 
@@ -185,10 +199,23 @@ def _with_layerwise(specs):
             yield spec.name + LAYERWISE_SUFFIX, OptimizerSpec(
                 spec.name + LAYERWISE_SUFFIX, spec.description + ", stepped per layer during backward",
                 spec.hparams + ("accumulation_steps",), spec.make, False, spec.low_rank, spec.restrict,
-                spec.requires)
+                spec.requires, spec.state_categories)
 
 
 OPTIMIZERS = unique(_with_layerwise(_SPECS), "optimizer")
+
+
+def state_category_lookup(name: str, optimizer) -> Callable[[str], str | None]:
+    """state key → memory category for a built optimizer: its own declaration (ours), else the
+    zoo's table for the library it comes from."""
+    own = getattr(optimizer, "state_category", None)
+    table = OPTIMIZERS[name].state_categories
+
+    def lookup(key: str) -> str | None:
+        found = own(key) if own is not None else None
+        return found if found is not None else table.get(key)
+
+    return lookup
 
 
 def optimizer_names() -> list[str]:

@@ -124,3 +124,50 @@ class ReferenceNaturalGaLore:
         self.p = self.p - self.lr * c * self.scale * project_back(n, self.P, self.side)
         self.p = self.p - self.lr * self.wd * self.p
         return self.p
+
+
+def exact_combine(cols: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ_j w_j c_j rounded once to float64, Σ_j |w_j c_j|) for float64 rows c_j and weights w_j.
+
+    Exact before the one rounding: every product of two float64 values is exact in 106 bits, and
+    mpmath sums at 2000 bits (the terms' exponents differ by far less), so the first output is
+    within 2⁻⁵³ (relative) of the true sum. The second is the scale of the summation error bound.
+    """
+    import mpmath
+
+    with mpmath.workprec(2000):
+        ws = [mpmath.mpf(float(x)) for x in w.tolist()]
+        rows = [[mpmath.mpf(x) for x in c.tolist()] for c in cols]
+        out, mag = [], []
+        for i in range(cols.shape[1]):
+            terms = [wj * row[i] for wj, row in zip(ws, rows)]
+            out.append(float(mpmath.fsum(terms)))
+            mag.append(float(mpmath.fsum(abs(t) for t in terms)))
+    return torch.tensor(out, dtype=D), torch.tensor(mag, dtype=D)
+
+
+def gamma(m: int, u: float) -> float:
+    """Higham's γ_m = m·u/(1 − m·u): the relative error bound of m successive roundings."""
+    return m * u / (1 - m * u)
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = 2⁻ᵖ for a float format with p bits of significand (float32: 2⁻²⁴, bfloat16: 2⁻⁸)."""
+    return torch.finfo(dtype).eps / 2
+
+
+def assert_within_summation_bound(got: torch.Tensor, cols: torch.Tensor, w: torch.Tensor,
+                                  out_dtype: torch.dtype) -> None:
+    """got = Σ_j w_j c_j as Natural GaLore's combine computes it: float64 products and sums of
+    exact float64 values c_j (stored float32/bf16 values and int8·scale are), rounded once to
+    out_dtype. Higham's bound for m terms, each carrying one product rounding, summed in any
+    order: |ŷ − y| ≤ γ_m·Σ|w_j c_j|, m = rows + 1 (an int8 column's scale may be folded into its
+    weight first: one rounding more); then the rounding to out_dtype, ≤ u_out·|ŷ|; and the
+    reference's own rounding to float64, ≤ u64·|y|. It holds for any data, not for a lucky draw —
+    and it is the bound that matters when the terms cancel (|w_j| ≈ 1/λ in a dependent window)."""
+    exact, mag = exact_combine(cols, w)
+    u64, u_out = unit_roundoff(torch.float64), unit_roundoff(out_dtype)
+    sum_err = gamma(cols.shape[0] + 1, u64) * mag
+    bound = u_out * (exact.abs() + sum_err) + sum_err + u64 * exact.abs()
+    err = (got.double() - exact).abs()
+    assert (err <= bound).all(), f"over the bound by {(err - bound).max().item():.3g}"

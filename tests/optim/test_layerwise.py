@@ -9,8 +9,15 @@ from ngl_profile.optim import LayerwiseOptimizer, NaturalGaLoreAdamW
 
 
 def model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 8))
+    # built on the meta device (nn.Linear's own init would draw from the global RNG), then drawn
+    # from a local generator: every call gives the same model
+    m = nn.Sequential(nn.Linear(16, 32, device="meta"), nn.Tanh(), nn.Linear(32, 8, device="meta"))
+    m.to_empty(device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.uniform_(-0.25, 0.25, generator=gen)
+    return m
 
 
 def groups(m, history=3):

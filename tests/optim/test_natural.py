@@ -22,8 +22,7 @@ def correlated_grads(shape, steps, scale, seed=0):
 
 
 def run_both(shape, proj_type, scale, s=4, gap=3, steps=7, policy="keep", rank=6, history_dtype="float32"):
-    torch.manual_seed(1)
-    p = torch.nn.Parameter(torch.randn(shape))
+    p = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(1)))
     side = resolve_side(p.shape, proj_type)
     opt = NaturalGaLoreAdamW([{"params": [p], "rank": rank, "update_proj_gap": gap, "scale": HP["scale"],
                                "proj_type": proj_type, "history_size": s, "damping": 1e-3,
@@ -70,8 +69,7 @@ def test_subspace_policies_match_reference(policy):
 def test_policies_differ_after_a_switch():
     final = {}
     for policy in ("keep", "reset", "rotate"):
-        torch.manual_seed(1)
-        p = torch.nn.Parameter(torch.randn(24, 40))
+        p = torch.nn.Parameter(torch.randn(24, 40, generator=torch.Generator().manual_seed(1)))
         opt = NaturalGaLoreAdamW([{"params": [p], "rank": 6, "update_proj_gap": 3, "history_size": 4,
                                    "on_subspace_change": policy}], lr=1e-2)
         for g in correlated_grads((24, 40), 5, 10.0):
@@ -107,7 +105,8 @@ def test_window_fills_then_slides():
     from ngl_profile.optim import natural
     state = {}
     natural.init_window(state, 5, 3, "float32", torch.device("cpu"))
-    cols = [torch.randn(5) for _ in range(5)]
+    gen = torch.Generator().manual_seed(0)
+    cols = [torch.randn(5, generator=gen) for _ in range(5)]
     for i, c in enumerate(cols):
         natural.push(state, c)
         n = min(i + 1, 3)
@@ -138,10 +137,10 @@ def test_low_precision_history_stays_close(dtype, tol):
 
 
 def test_history_zero_is_plain_galore_projection():
-    torch.manual_seed(0)
-    p = torch.nn.Parameter(torch.randn(24, 40))
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(24, 40, generator=gen))
     opt = NaturalGaLoreAdamW([{"params": [p], "rank": 6, "history_size": 0}], lr=1e-2)
-    p.grad = torch.randn(24, 40)
+    p.grad = torch.randn(24, 40, generator=gen)
     opt.step()
     assert "history" not in opt.state[p]
 
@@ -190,10 +189,11 @@ def test_projected_gradient_is_freed_before_its_update(monkeypatch):
         return finish(self, p, group, g, side)
 
     monkeypatch.setattr(NaturalGaLoreAdamW, "_finish", spy_finish)
-    ps = [torch.nn.Parameter(torch.randn(30, 20)), torch.nn.Parameter(torch.randn(20, 30))]
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(30, 20, generator=gen)), torch.nn.Parameter(torch.randn(20, 30, generator=gen))]
     opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3}])
     for p in ps:
-        p.grad = torch.randn_like(p)
+        p.grad = torch.randn(p.shape, generator=gen)
     opt.step()
     assert len(refs) == 2 and alive_at_finish == [[False, False], [False, False]]
 

@@ -6,9 +6,9 @@ from ngl_profile.optim import NaturalGaLoreAdafactor, NaturalGaLoreAdamW, Natura
 
 
 def run(cls, steps=20, history=4):
-    torch.manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(128, 256))
-    e = torch.nn.Parameter(torch.randn(64, 128))  # plain group, ≥ 4096 elements: bnb's fused kernel
+    init = torch.Generator().manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(128, 256, generator=init))
+    e = torch.nn.Parameter(torch.randn(64, 128, generator=init))  # plain group, ≥ 4096 elements: bnb's fused kernel
     opt = cls([{"params": [w], "rank": 32, "history_size": history}, {"params": [e]}], lr=1e-3)
     gen = torch.Generator().manual_seed(1)
     for _ in range(steps):
@@ -35,8 +35,8 @@ def test_8bit_tracks_float32():
 def test_adafactor_plain_path_matches_transformers():
     from transformers.optimization import Adafactor
 
-    torch.manual_seed(0)
-    init = [torch.randn(16, 24), torch.randn(24)]
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(16, 24, generator=gen), torch.randn(24, generator=gen)]
     ours_p = [torch.nn.Parameter(t.clone()) for t in init]
     hf_p = [torch.nn.Parameter(t.clone()) for t in init]
     ours = NaturalGaLoreAdafactor(ours_p, lr=1e-2, beta1=0.9)

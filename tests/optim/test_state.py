@@ -8,10 +8,12 @@ import torch
 from ngl_profile.optim import NaturalGaLoreAdafactor, NaturalGaLoreAdamW, NaturalGaLoreAdamW8bit
 from ngl_profile.optim import natural
 
+from .rng import local_rng
+
 
 def make(cls=NaturalGaLoreAdamW, history_dtype="float32", **kw):
-    torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(64, 96)), torch.nn.Parameter(torch.randn(96))]
+    init = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(64, 96, generator=init)), torch.nn.Parameter(torch.randn(96, generator=init))]
     opt = cls([{"params": [params[0]], "rank": 16, "update_proj_gap": 5, "history_size": 4,
                 "history_dtype": history_dtype, **kw}, {"params": [params[1]]}], lr=1e-2)
     return params, opt
@@ -36,25 +38,26 @@ def test_resume_mid_window_mid_gap_is_bit_exact(cls, svd, history_dtype):
     gs = grads(11, seed=3)
     ref_params, ref_opt = make(cls, history_dtype, svd=svd)
     train(ref_params, ref_opt, gs)
-    torch.manual_seed(999)  # a resumed process's global RNG is not the original's
+    # a resumed process's global RNG is not the original's (and the conftest guard checks that
+    # the optimizer never draws from it)
+    with local_rng(999):
+        params, opt = make(cls, history_dtype, svd=svd)
+        train(params, opt, gs[:7])  # step 7: window full and sliding, 2 steps into the 2nd gap
+        buf = io.BytesIO()
+        torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in params]}, buf)
+        buf.seek(0)
+        ckpt = torch.load(buf, weights_only=True)
 
-    params, opt = make(cls, history_dtype, svd=svd)
-    train(params, opt, gs[:7])  # step 7: window full and sliding, 2 steps into the 2nd gap
-    buf = io.BytesIO()
-    torch.save({"opt": opt.state_dict(), "params": [p.detach() for p in params]}, buf)
-    buf.seek(0)
-    ckpt = torch.load(buf, weights_only=True)
-
-    params2, opt2 = make(cls, history_dtype, svd=svd)
-    with torch.no_grad():
-        for p, saved in zip(params2, ckpt["params"]):
-            p.copy_(saved)
-    opt2.load_state_dict(ckpt["opt"])
-    assert opt2.state[params2[0]]["gram"].dtype == torch.float64
-    assert opt2.state[params2[0]]["history"].dtype == natural.HISTORY_DTYPES[history_dtype]
-    train(params2, opt2, gs[7:])
-    for a, b in zip(ref_params, params2):
-        assert torch.equal(a, b)
+        params2, opt2 = make(cls, history_dtype, svd=svd)
+        with torch.no_grad():
+            for p, saved in zip(params2, ckpt["params"]):
+                p.copy_(saved)
+        opt2.load_state_dict(ckpt["opt"])
+        assert opt2.state[params2[0]]["gram"].dtype == torch.float64
+        assert opt2.state[params2[0]]["history"].dtype == natural.HISTORY_DTYPES[history_dtype]
+        train(params2, opt2, gs[7:])
+        for a, b in zip(ref_params, params2):
+            assert torch.equal(a, b)
 
 
 def test_state_holds_only_tensors_and_numbers():
@@ -109,26 +112,27 @@ def test_cholesky_failure_raises_damping_instead_of_nan():
     ("update_proj_gap", 0, "update_proj_gap must be an integer ≥ 1"),
 ])
 def test_bad_hyperparameters_name_value_and_range(key, value, match):
-    p = torch.nn.Parameter(torch.randn(8, 8))
+    p = torch.nn.Parameter(torch.zeros(8, 8))
     with pytest.raises(ValueError, match=match) as e:
         NaturalGaLoreAdamW([{"params": [p], "rank": 4, key: value}])
     assert repr(value) in str(e.value)
 
 
 def test_history_dtype_accepts_torch_dtypes():
-    p = torch.nn.Parameter(torch.randn(8, 8))
+    p = torch.nn.Parameter(torch.zeros(8, 8))
     opt = NaturalGaLoreAdamW([{"params": [p], "rank": 4, "history_dtype": torch.bfloat16}])
     assert opt.param_groups[0]["history_dtype"] == "bfloat16"
 
 
 def test_rank_larger_than_matrix_is_clamped_with_one_warning():
-    ps = [torch.nn.Parameter(torch.randn(6, 10)), torch.nn.Parameter(torch.randn(10, 4))]
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(6, 10, generator=gen)), torch.nn.Parameter(torch.randn(10, 4, generator=gen))]
     opt = NaturalGaLoreAdamW([{"params": ps, "rank": 64, "history_size": 2}])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for _ in range(2):
             for p in ps:
-                p.grad = torch.randn_like(p)
+                p.grad = torch.randn(p.shape, generator=gen)
             opt.step()
     assert len([w for w in caught if "clamped" in str(w.message)]) == 1
     assert opt.state[ps[0]]["proj_0"].shape == (6, 6)  # left: m×min(r, m)
@@ -151,3 +155,70 @@ def test_whole_step_and_per_parameter_checks_agree(whole_step, monkeypatch):
     train(ref_params, ref_opt, gs)
     for a, b in zip(params, ref_params):
         assert torch.equal(a, b)
+
+
+def repeated_gradient_run(make_opt, steps=12, damping=1e-14, n_params=1):
+    """The same gradient every step (a repeated batch): S = λI + ‖g‖²·11ᵀ, whose float64 Cholesky
+    fails at λ = 1e-14 (its pivots' rounding, ~2⁻⁵³·‖g‖², exceeds λ) and factors at 1e3·λ."""
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.zeros(64, 128)) for _ in range(n_params)]
+    grads = [torch.randn(64, 128, generator=gen) for _ in ps]
+    opt = make_opt([{"params": ps, "rank": 8, "history_size": 4, "damping": damping}])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(steps):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step()
+    return opt, [w for w in caught if "damping" in str(w.message)]
+
+
+@pytest.mark.parametrize("cls", [NaturalGaLoreAdamW, NaturalGaLoreAdamW8bit, NaturalGaLoreAdafactor])
+def test_damping_backoff_is_warned_once_and_counted(cls):
+    opt, warned = repeated_gradient_run(lambda groups: cls(groups, lr=1e-2), n_params=2)
+    assert len(warned) == 1, [str(w.message) for w in warned]
+    msg = str(warned[0].message)
+    assert "λ = 1e-14" in msg and "1e-11 (1e3·λ)" in msg and issubclass(warned[0].category, RuntimeWarning)
+    assert opt.damping_backoffs > 0
+    assert opt.damping_backoffs == sum(int(st["damping_backoffs"]) for st in opt.state.values())
+
+
+def test_normal_run_warns_nothing_and_counts_zero():
+    params, opt = make()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(params, opt, grads(8, 0))
+    assert [str(w.message) for w in caught if "damping" in str(w.message)] == []
+    assert opt.damping_backoffs == 0
+
+
+def test_layerwise_warns_once_for_all_its_parameters():
+    """Its inner optimizers (one per parameter, stepped by the backward hooks) share one warning."""
+    from ngl_profile.optim import LayerwiseOptimizer
+
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.nn.Parameter(torch.zeros(64, 128)) for _ in range(3)]
+    grads = [torch.randn(64, 128, generator=gen) for _ in ps]
+    lw = LayerwiseOptimizer([{"params": ps, "rank": 8, "history_size": 4, "damping": 1e-14}],
+                            lambda groups: NaturalGaLoreAdamW(groups, lr=1e-2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            sum((p * g).sum() for p, g in zip(ps, grads)).backward()  # ∂/∂p = g, stepped in the hooks
+            lw.step()
+    assert len([w for w in caught if "damping" in str(w.message)]) == 1
+    assert all(o.damping_backoffs > 0 for o in lw.optimizers)
+    assert lw.damping_backoffs == sum(o.damping_backoffs for o in lw.optimizers)
+
+
+def test_damping_backoffs_reads_zero_without_values():
+    """Under shape-only tracing (the estimator's FakeTensorMode) there is nothing to read: 0."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        p = torch.nn.Parameter(torch.zeros(64, 128))
+        opt = NaturalGaLoreAdamW([{"params": [p], "rank": 8, "history_size": 4}])
+        for _ in range(3):
+            p.grad = torch.ones(64, 128)
+            opt.step()
+    assert opt.damping_backoffs == 0
