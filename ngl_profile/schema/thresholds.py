@@ -26,12 +26,18 @@ class Thresholds:
     and software (ratios cancel a busy host, absolute figures do not: hence wider than the ratio's)"""
     step_time_abs_rel: float = 0.25
     """max relative increase of absolute optimizer step time; same machine and software only"""
+    step_time_abs_floor_s: float = 0.0005
+    """a rise of the absolute optimizer step time smaller than this never fails (a per-layer
+    optimizer's step() is tens of µs: scheduler jitter alone moves it by more than 25 %)"""
 
     def __post_init__(self) -> None:
         for key in _RELATIVE:
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and 0 <= v < 10):
                 raise ValueError(f"thresholds.{key}: expected a number in [0, 10), got {v!r}")
+        v = self.step_time_abs_floor_s
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not (math.isfinite(v) and 0 <= v < 60):
+            raise ValueError(f"thresholds.step_time_abs_floor_s: expected a number of seconds in [0, 60), got {v!r}")
         v = self.memory_abs_bytes
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise ValueError(f"thresholds.memory_abs_bytes: expected an integer ≥ 0, got {v!r}")

@@ -159,6 +159,16 @@ def test_absolute_speed_has_its_own_limits():
     assert len(problems(run(), cur, Thresholds(throughput_abs_rel=0.5, step_time_abs_rel=0.4))) == 2
 
 
+def test_a_tiny_step_time_rise_under_the_floor_never_fails():
+    base, cur = run(), run()
+    for r, step in ((base, 30e-6), (cur, 90e-6)):  # a per-layer optimizer's step(): tens of µs
+        ng(r).step_time_s["optimizer"] = step
+    th = Thresholds(step_time_rel=9.0)  # the ratio to AdamW is judged apart; here only the absolute rise
+    assert problems(base, cur, th) == []  # +200 %, but 60 µs: under the 0.5 ms floor
+    found = problems(base, cur, Thresholds(step_time_rel=9.0, step_time_abs_floor_s=0.0))
+    assert found == ["natural-galore: optimizer_step_s rose by 200.0% (0.030 ms → 0.090 ms; limit 25%)"]
+
+
 def test_every_case_slower_on_another_machine_is_skipped_with_the_reason():
     v = evaluate(run(), slower(run(env=dict(ENV, cpu_count=4)), 1.5), Thresholds())
     assert v.problems == []
