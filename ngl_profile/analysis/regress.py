@@ -131,7 +131,7 @@ def build_checks(labels, th: Thresholds, absolute: bool = True) -> list[Check]:
         checks.append(Check(label, "tokens_per_s", -1, th.throughput_abs_rel if absolute else None, required=True))
         checks.append(Check(label, "tokens_per_s.adamw_ratio", -1, th.throughput_rel))
         checks.append(Check(label, "optimizer_step_s", +1, th.step_time_abs_rel if absolute else None,
-                            required=True))
+                            th.step_time_abs_floor_s, required=True))
         checks.append(Check(label, "optimizer_step.adamw_ratio", +1, th.step_time_rel))
     return checks
 
