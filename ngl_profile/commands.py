@@ -10,12 +10,21 @@ CASE_FAILED = 3  # `run` finished, but at least one case crashed (recorded in re
 
 
 def _console():
+    """A terminal's own width; piped: $COLUMNS when set, else the terminal stderr still shows (`| less`,
+    `| tee log`), else 220 (a CI log). Tables fit whichever width this is (report/fitted.py)."""
     import sys
 
     from rich.console import Console
 
-    # a pipe or a CI log is not 80 columns wide: do not squeeze the table into "…"
-    return Console() if sys.stdout.isatty() else Console(width=220)
+    if sys.stdout.isatty():
+        return Console()
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return Console(width=int(columns))
+    try:
+        return Console(width=os.get_terminal_size(sys.stderr.fileno()).columns)
+    except (OSError, ValueError, AttributeError):  # no terminal at all (or stderr replaced)
+        return Console(width=220)
 
 
 def _check_writable(out: Path) -> None:
@@ -98,7 +107,7 @@ def list_things(what: str) -> int:
         from ngl_profile.zoo.models import MODELS, approx_parameters
 
         for col in ("name", "family", "parameters", "default rank", "description"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col in ("name", "preset"))  # names stay whole, to copy
         for m in MODELS.values():
             t.add_row(m.name, m.family, f"{approx_parameters(m.name) / 1e6:,.0f}M", str(m.default_rank),
                       m.description)
@@ -106,7 +115,7 @@ def list_things(what: str) -> int:
         from ngl_profile.zoo.gpus import GPUS, gpu_names
 
         for col in ("name", "memory GiB", "bf16 TFLOP/s", "GB/s", "aliases", "source"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col in ("name", "preset"))  # names stay whole, to copy
         for name in gpu_names():
             g = GPUS[name]
             t.add_row(g.name, f"{g.memory_gib:.1f}", f"{g.bf16_tflops:g}", f"{g.bandwidth_gbs:g}",
@@ -115,14 +124,14 @@ def list_things(what: str) -> int:
         from ngl_profile.zoo.optimizers import OPTIMIZERS
 
         for col in ("name", "description", "hyperparameters"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col in ("name", "preset"))  # names stay whole, to copy
         for spec in OPTIMIZERS.values():
             t.add_row(spec.name, spec.description, ", ".join(spec.hparams))
     else:
         from ngl_profile.schema.presets import load_scenario, preset_names, scenario_dir
 
         for col in ("preset", "model", "gpu", "optimizers"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col in ("name", "preset"))  # names stay whole, to copy
         for name in preset_names():
             s = load_scenario(str(scenario_dir() / f"{name}.toml"))
             t.add_row(name, s.model, s.gpu, ", ".join(c.label for c in s.optimizers))
@@ -200,7 +209,7 @@ def report(args) -> int:
 
 
 def compare(args) -> int:
-    from ngl_profile.analysis.regress import comparison
+    from ngl_profile.analysis.compare import comparison
     from ngl_profile.report.check_table import print_comparison
     from ngl_profile.schema.results import load_results
 

@@ -26,11 +26,11 @@ from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import ResultsError, RunResult, load_results, write_json_atomic
 from ngl_profile.schema.thresholds import MiB, Thresholds
 
-__all__ = ["Thresholds", "Check", "Row", "Verdict", "CheckOutcome", "CompareRow", "Comparison", "metrics",
-           "build_checks", "evaluate", "incomplete", "machine_difference", "load_thresholds", "check_results",
-           "comparison", "benchmark_json", "fmt_value"]
+__all__ = ["Thresholds", "Check", "Row", "Verdict", "CheckOutcome", "metrics", "build_checks", "evaluate",
+           "incomplete", "machine_difference", "duplicate_label", "load_thresholds", "check_results",
+           "benchmark_json", "fmt_value", "SAME_SCENARIO"]
 
-_SAME_SCENARIO = ("model", "seq_len", "batch_size", "dtype", "checkpointing")
+SAME_SCENARIO = ("model", "seq_len", "batch_size", "dtype", "checkpointing")
 # Absolute speed compares only on the same device, host and hot-path software: device_name (the GPU;
 # on a CPU only "CPU (<arch>)", hence also machine, cpu_count and torch_threads), platform (the kernel
 # build: two VMs of one image differ there), python (a small model's optimizer step is mostly Python),
@@ -137,7 +137,7 @@ def build_checks(labels, th: Thresholds, absolute: bool = True) -> list[Check]:
 
 
 def _same_scenario(baseline: RunResult, current: RunResult) -> None:
-    diff = [k for k in _SAME_SCENARIO if baseline.scenario.get(k) != current.scenario.get(k)]
+    diff = [k for k in SAME_SCENARIO if baseline.scenario.get(k) != current.scenario.get(k)]
     if diff:
         k = diff[0]
         raise ValueError(f"results and baseline are different scenarios: {k} {current.scenario.get(k)!r} vs "
@@ -146,7 +146,7 @@ def _same_scenario(baseline: RunResult, current: RunResult) -> None:
         raise ValueError(f"results are {current.mode}, the baseline is {baseline.mode}: compare like with like")
 
 
-def _duplicate_label(run: RunResult) -> str | None:
+def duplicate_label(run: RunResult) -> str | None:
     seen = set()
     for c in run.cases:
         if c.label in seen:
@@ -159,7 +159,7 @@ def incomplete(run: RunResult) -> str | None:
     """Why `run` is not a complete, clean run — what a baseline must be — or None when it is."""
     if not run.cases:
         return "it has no cases"
-    dup = _duplicate_label(run)
+    dup = duplicate_label(run)
     if dup is not None:
         return f"two cases are labelled {dup!r}"
     bad = next((c for c in run.cases if c.status != "ok"), None)
@@ -217,7 +217,7 @@ def evaluate(baseline: RunResult, current: RunResult, th: Thresholds) -> Verdict
     why = incomplete(baseline)
     if why:
         raise ValueError(f"the baseline is not a complete run, refusing to judge against it: {why}")
-    dup = _duplicate_label(current)
+    dup = duplicate_label(current)
     if dup is not None:
         raise ValueError(f"the results have two cases labelled {dup!r}: cannot tell which one to judge")
     v = Verdict()
@@ -294,7 +294,7 @@ def check_results(results, baseline, *, thresholds=None, update_baseline: bool =
     Bad input and refusals raise ValueError/OSError; nothing is written unless everything holds."""
     th = load_thresholds(thresholds) if thresholds is not None else None  # bad input before any work
     current = load_results(results)
-    dup = _duplicate_label(current)
+    dup = duplicate_label(current)
     if dup is not None:
         raise ValueError(f"{results}: two cases are labelled {dup!r}: cannot tell which one to judge")
     out = CheckOutcome(results=Path(results), baseline=Path(baseline))
@@ -341,48 +341,3 @@ def benchmark_json(run: RunResult) -> list[dict]:
             out.append({"name": f"{run.scenario['name']}/{label}/tokens_per_s_vs_adamw", "unit": "ratio",
                         "value": m["tokens_per_s.adamw_ratio"]})
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class CompareRow:
-    case: str
-    metric: str
-    values: tuple
-    """one per run, None where that run lacks it"""
-
-
-@dataclass(kw_only=True)
-class Comparison:
-    names: list[str]
-    """one per run: scenario (mode, time)"""
-    rows: list[CompareRow]
-    warnings: list[str] = field(default_factory=list)
-    """where the runs are not like for like (another model, sequence length, ...)"""
-
-
-def comparison(runs: list[RunResult]) -> Comparison:
-    """`ngl-profile compare`: every case's memory and speed across runs, the first as reference."""
-    if len(runs) < 2:
-        raise ValueError("compare needs at least two results files")
-    for i, r in enumerate(runs):
-        dup = _duplicate_label(r)
-        if dup is not None:
-            raise ValueError(f"results [{i}] have two cases labelled {dup!r}: their rows would be mixed up")
-    warnings = []
-    for i, r in enumerate(runs[1:], 1):
-        for k in _SAME_SCENARIO + ("mode",):
-            a, b = (runs[0].mode, r.mode) if k == "mode" else (runs[0].scenario.get(k), r.scenario.get(k))
-            if a != b:
-                warnings.append(f"[{i}] is not like [0]: {k} {b!r} vs {a!r}")
-    ms = [metrics(r) for r in runs]
-    labels = list(dict.fromkeys(label for m in ms for label in m))
-    keys = ["memory.peak"] + [f"memory.{k}" for k in CATEGORIES] + ["tokens_per_s", "tokens_per_s.adamw_ratio"]
-    rows = []
-    for label in labels:
-        for key in keys:
-            vals = tuple(m.get(label, {}).get(key) for m in ms)
-            if all(v in (None, 0.0) for v in vals):
-                continue
-            rows.append(CompareRow(label, key, vals))
-    names = [f"{r.scenario['name']} ({r.mode}, {r.created_utc or '?'})" for r in runs]
-    return Comparison(names=names, rows=rows, warnings=warnings)

@@ -46,6 +46,9 @@ def timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None
         vals = [s[key] for s in per_step if key in s]
         if vals:
             result.step_time_s[key] = statistics.median(vals)
+    totals = [s["total"] for s in per_step if "total" in s]
+    if totals:  # the spread the throughput chart draws as whiskers (the figures stay medians)
+        result.step_time_s["total_min"], result.step_time_s["total_max"] = min(totals), max(totals)
     result.step_time_s["steps"] = len(per_step)
     result.tokens_per_s = tokens_per_second(tokens, [s["total"] for s in per_step])
     svd_refresh_time(result, opt, device)

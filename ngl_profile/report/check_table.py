@@ -6,26 +6,57 @@ import sys
 
 from rich.markup import escape
 
-from ngl_profile.analysis.regress import CheckOutcome, Comparison, Row, fmt_value
+from ngl_profile.analysis.compare import Comparison
+from ngl_profile.analysis.regress import CheckOutcome, Row, fmt_value
 from ngl_profile.schema.thresholds import MiB
 
-__all__ = ["check_table", "print_check", "comparison_cells", "print_comparison"]
+GiB = 1 << 30
+
+__all__ = ["check_table", "print_check", "comparison_cells", "comparison_table", "print_comparison"]
 
 
 def _limit(r: Row) -> str:
     return "measured" if r.rel is None else f"{'+' if r.direction > 0 else '−'}{r.rel:.0%}"
 
 
-def check_table(outcome: CheckOutcome):
-    from rich.table import Table
+def _sectioned(rows, headers: list[str], *, groups=None, narrow=None, title: str = "", caption: str = ""):
+    """A FittedTable of (case, metric, cells...) rows: one section per case, led by its name in bold,
+    then a row per metric — a 41-character label no longer takes a column of its own."""
+    from ngl_profile.report.fitted import Column, FittedTable
 
-    t = Table(title=escape(f"check {outcome.results} against {outcome.baseline}"))
-    for col in ("optimizer", "metric", "baseline", "current", "limit", "verdict"):
-        t.add_column(col)
-    for r in outcome.verdict.rows:
-        t.add_row(escape(r.case), r.metric, fmt_value(r.metric, r.baseline), fmt_value(r.metric, r.current),
-                  _limit(r), "[red]REGRESSED[/]" if r.regressed else "ok")
-    return t
+    lead, styles, sections = [], [], set()
+    cols: list[list[str]] = [[] for _ in headers]
+    case = None
+    for r in rows:
+        if r[0] != case:
+            case = r[0]
+            sections.add(len(lead))
+            lead.append(case)
+            styles.append("bold")
+            for col in cols:
+                col.append("")
+        lead.append(r[1])
+        styles.append("")
+        for col, cell in zip(cols, r[2:]):
+            col.append(cell)
+    groups = groups or [0] * len(headers)
+    narrow = narrow or [()] * len(headers)
+    columns = [Column(h, tuple(cells), group=g, narrow=nw(cells) if nw else ())
+               for h, cells, g, nw in zip(headers, cols, groups, narrow)]
+    return FittedTable(Column("optimizer / metric", tuple(lead), justify="left"), columns, title=title,
+                       caption=caption, lead_styles=tuple(styles), sections=frozenset(sections))
+
+
+def _shown(metric: str, v) -> str:
+    # the metric's name already says tokens_per_s: the unit again would only widen the column
+    return escape(fmt_value(metric, v).removesuffix(" tokens/s"))
+
+
+def check_table(outcome: CheckOutcome):
+    rows = [(r.case, r.metric, _shown(r.metric, r.baseline), _shown(r.metric, r.current), _limit(r),
+             "[red]REGRESSED[/]" if r.regressed else "ok") for r in outcome.verdict.rows]
+    return _sectioned(rows, ["baseline", "current", "limit", "verdict"],
+                      title=escape(f"check {outcome.results} against {outcome.baseline}"))
 
 
 def print_check(outcome: CheckOutcome, console) -> None:
@@ -48,30 +79,49 @@ def print_check(outcome: CheckOutcome, console) -> None:
         console.print("[green]no regression[/]")
 
 
-def _cell(metric: str, v) -> str:
+def _unit(metric: str, values) -> tuple[str, int, int]:
+    """A memory row's unit (name, bytes, decimals): the largest in which every non-zero value of the
+    row is at least 1 — GiB for a 7B's weights, MiB beside a 40 MiB history — so one row reads in one
+    unit and its deltas in the same."""
+    nonzero = [abs(v) for v in values if v]
+    if nonzero and min(nonzero) >= GiB:
+        return "GiB", GiB, 2
+    return "MiB", MiB, 1
+
+
+def _cell(metric: str, v, unit=("MiB", MiB, 1)) -> str:
     if v is None:
         return "—"
     if metric.startswith("memory."):
-        return f"{v / MiB:,.1f} MiB"
+        name, scale, dec = unit
+        return f"{v / scale:,.{dec}f} {name}"
     if metric.endswith("ratio"):
         return f"{v:.3f}"
     return f"{v:,.0f}"
 
 
-def _delta(metric: str, a, b) -> str:
+def _delta(metric: str, a, b, unit=("MiB", MiB, 1)) -> str:
     """b − a in the values' own unit, and relative to a."""
     if a is None or b is None:
         return "—"
-    if a == 0:
-        return "new" if b else "0"
     d = b - a
     if metric.startswith("memory."):
-        shown = f"{d / MiB:+,.1f} MiB"
+        name, scale, dec = unit
+        shown = f"{d / scale:+,.{dec}f} {name}"
     elif metric.endswith("ratio"):
         shown = f"{d:+.3f}"
     else:
         shown = f"{d:+,.0f}"
+    if a == 0:  # no percentage of nothing
+        return f"{shown} (new)" if b else shown
     return f"{shown} ({d / abs(a):+.1%})"
+
+
+def _cells(r) -> tuple[list[str], list[str]]:
+    """A row's values and its deltas to [0], in the row's one unit."""
+    unit = _unit(r.metric, r.values)
+    return ([_cell(r.metric, v, unit) for v in r.values],
+            [_delta(r.metric, r.values[0], v, unit) for v in r.values[1:]])
 
 
 def comparison_cells(c: Comparison) -> tuple[list[str], list[list[str]]]:
@@ -80,27 +130,58 @@ def comparison_cells(c: Comparison) -> tuple[list[str], list[list[str]]]:
     head = ["optimizer", "metric"] + [f"[{i}]" for i in range(n)] + [f"Δ[{i}]" for i in range(1, n)]
     rows = []
     for r in c.rows:
-        rows.append([r.case, r.metric] + [_cell(r.metric, v) for v in r.values]
-                    + [_delta(r.metric, r.values[0], v) for v in r.values[1:]])
+        values, deltas = _cells(r)
+        rows.append([r.case, r.metric] + values + deltas)
     return head, rows
+
+
+def _match_lines(c: Comparison) -> list[str]:
+    """One line per case matched across runs under another label or with other settings."""
+    return [f"{m.case} compared with " + "; ".join(m.differences) for m in c.matches if m.differences]
+
+
+def comparison_table(c: Comparison):
+    """The terminal form: one section per case (its name, then a row per metric), each run's value and
+    its delta to [0]; at 80 columns the percentage gets a column of its own and report/fitted.py spreads
+    the runs over several tables if need be, so that nothing is cut."""
+    from ngl_profile.report.fitted import Column
+
+    n = len(c.names)
+    rows = []
+    for r in c.rows:
+        values, deltas = _cells(r)
+        rows.append((r.case, r.metric, *(escape(v) for v in values), *(escape(d) for d in deltas)))
+    headers = [f"[{i}]" for i in range(n)] + [f"Δ[{i}]" for i in range(1, n)]
+    groups = list(range(n)) + list(range(1, n))  # each run's value beside its delta
+
+    def split(i):  # narrow: the delta and its percentage in columns of their own
+        def columns(cells):
+            parts = [d.partition(" (") for d in cells]
+            return (Column(f"Δ[{i}]", tuple(a for a, _, _ in parts), group=i),
+                    Column("%", tuple(b.rstrip(")") for _, _, b in parts), group=i))
+        return columns
+
+    order = [0] + [k for i in range(1, n) for k in (i, n - 1 + i)]  # [0], [1], Δ[1], [2], Δ[2], ...
+    rows = [(r[0], r[1], *(r[2 + k] for k in order)) for r in rows]
+    headers, groups = [headers[k] for k in order], [groups[k] for k in order]
+    narrow = [split(groups[j]) if headers[j].startswith("Δ") else None for j in range(len(headers))]
+    legend = "; ".join(f"[{i}] {name}" for i, name in enumerate(c.names))
+    return _sectioned(rows, headers, groups=groups, narrow=narrow, caption=escape(legend))
 
 
 def print_comparison(c: Comparison, markdown: bool, console) -> None:
     head, rows = comparison_cells(c)
     legend = "; ".join(f"[{i}] {n}" for i, n in enumerate(c.names))
+    matched = _match_lines(c)
     if markdown:
         from ngl_profile.report.tables import markdown_table
 
         warn = "".join(f"\n> **warning:** {w}\n" for w in c.warnings)
-        sys.stdout.write(markdown_table(head, rows) + f"\n\n{legend}\n" + warn)
+        notes = "".join(f"\n- settings differ: {m}" for m in matched)
+        sys.stdout.write(markdown_table(head, rows) + f"\n\n{legend}\n" + (f"{notes}\n" if notes else "") + warn)
         return
-    from rich.table import Table
-
     for w in c.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}")
-    t = Table(caption=escape(legend), caption_justify="left")
-    for h in head:
-        t.add_column(escape(h), justify="left" if h in ("optimizer", "metric") else "right")
-    for r in rows:
-        t.add_row(*(escape(x) for x in r))
-    console.print(t)
+    console.print(comparison_table(c))
+    for m in matched:
+        console.print(f"[cyan]settings differ:[/] {escape(m)}")

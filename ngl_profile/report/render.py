@@ -1,32 +1,101 @@
-"""report.md, a self-contained report.html (images embedded) and a tidy results.csv from finished
-runs. Rendering only: every figure here comes from the results files."""
+"""report.md, a self-contained report.html (images embedded) and tidy results.csv / cases.csv from
+finished runs. Rendering only: every figure here comes from the results files.
+
+Both documents are written from one list of sections, so the HTML says everything report.md says
+(the run's batch × seq × dtype, the environment, the roofline note, failures) and adds only styling:
+rows that do not fit and negative headroom are highlighted.
+"""
 from __future__ import annotations
 
 import base64
 import html
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ngl_profile.schema.results import RunResult, cases_frame, memory_frame
 from ngl_profile.report import charts
+from ngl_profile.report.tables import checkpointing_note, markdown_table, provenance_line, row_state, summary_rows
+from ngl_profile.schema.results import RunResult, cases_frame, memory_frame
 from ngl_profile.schema.scenario import safe_name
-from ngl_profile.report.tables import markdown_table, provenance_line, summary_rows, unit_for
 
-__all__ = ["render_report"]
+__all__ = ["render_report", "Section", "sections"]
+
+_CHARTS = (("Memory at the step's peak, by category", charts.memory_breakdown),
+           ("Throughput (measured)", charts.throughput),
+           ("Tensor memory over one steady step", charts.step_timeline))
 
 
-def _charts(runs: list[RunResult], out: Path) -> list[tuple[str, Path]]:
-    """(caption, png) for everything the runs can show."""
-    made = []
+@dataclass(kw_only=True)
+class Section:
+    """One run as both documents show it; `head`/`rows` empty for a section of charts only."""
+    heading: str
+    about: list[str] = field(default_factory=list)
+    """sentences under the heading: where the numbers come from, the shape, checkpointing"""
+    head: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    states: list[str] = field(default_factory=list)
+    """per row: "ok", "too big", "oom" or "error" (tables.row_state)"""
+    notes: list[str] = field(default_factory=list)
+    """failures, the roofline projection's assumptions"""
+    environment: str = ""
+    charts: list[tuple[str, Path]] = field(default_factory=list)
+
+
+def _headings(runs: list[RunResult]) -> list[str]:
+    """"name: model on gpu", without the model where the name is the model; the mode added where two
+    runs would otherwise read the same."""
+    out = []
+    for r in runs:
+        s = r.scenario
+        out.append(f"{s['model']} on {r.gpu['name']}" if s["name"] == s["model"]
+                   else f"{s['name']}: {s['model']} on {r.gpu['name']}")
+    return [f"{h} ({r.mode})" if out.count(h) > 1 else h for h, r in zip(out, runs)]
+
+
+def _notes(run: RunResult) -> list[str]:
+    notes = [f"**{c.label}**: {c.status} — {c.message}" for c in run.cases if c.status != "ok"]
+    steps = sorted({int(c.step_time_s.get("steps") or 0) for c in run.cases if c.tokens_per_s})
+    if steps:
+        notes.append(f"tokens/s: the median of {'/'.join(map(str, steps))} timed steps")
+    projected = [c for c in run.cases if c.projected]
+    assumptions = {c.projected["assumptions"] for c in projected}
+    if len(assumptions) == 1:
+        notes.append(f"tokens/s marked “proj.” are projected, not measured: {assumptions.pop()}")
+    else:
+        notes += [f"{c.label}: projected ≤ {c.projected['tokens_per_s_upper_bound']:,.0f} tokens/s "
+                  f"({c.projected['assumptions']})" for c in projected]
+    return notes
+
+
+def _environment(run: RunResult) -> str:
+    env = run.environment
+    return (f"Environment: torch {env.get('torch')}, transformers {env.get('transformers')}, bitsandbytes "
+            f"{env.get('bitsandbytes')}, peft {env.get('peft')}, device {env.get('device_name')}, driver "
+            f"{env.get('driver')}, ngl-profile commit {env.get('commit')}, created {run.created_utc}.")
+
+
+def sections(runs: list[RunResult], out: Path) -> list[Section]:
+    """Draw the charts into `out` and describe every run; cross-run charts come last."""
     many = len(runs) > 1
-    for run in runs:
+    made = []
+    for run, heading in zip(runs, _headings(runs)):
+        s = run.scenario
+        head, rows = summary_rows(run)
+        about = [f"{provenance_line(run)}.",
+                 "Memory at the step's peak, in the unit each column's header names; batch "
+                 f"{s['batch_size']} × sequence {s['seq_len']}, {s['dtype']}"
+                 f"{', activation checkpointing' if s.get('checkpointing') else ''}."]
+        if checkpointing_note(run):
+            about.append(checkpointing_note(run)[0].upper() + checkpointing_note(run)[1:] + ".")
+        sec = Section(heading=heading, about=about, head=head, rows=rows, states=[row_state(c) for c in run.cases],
+                      notes=_notes(run), environment=_environment(run))
         # a results file may come from anywhere: its scenario name is not trusted as a path
-        prefix = f"{safe_name(run.scenario['name'])}-{run.mode}-" if many else ""
-        for caption, fn in (("Memory at the step's peak, by category", charts.memory_breakdown),
-                            ("Throughput (measured)", charts.throughput),
-                            ("Tensor memory over one step", charts.step_timeline)):
+        prefix = f"{safe_name(s['name'])}-{run.mode}-" if many else ""
+        for caption, fn in _CHARTS:
             p = fn(run, out / f"{prefix}{fn.__name__}.png")
             if p is not None:
-                made.append((f"{caption} — {run.scenario['name']}", p))
+                sec.charts.append((caption, p))
+        made.append(sec)
+    across = Section(heading="Across runs")
     by_scenario: dict[str, dict[str, RunResult]] = {}
     for run in runs:
         by_scenario.setdefault(run.scenario["name"], {})[run.mode] = run
@@ -35,74 +104,89 @@ def _charts(runs: list[RunResult], out: Path) -> list[tuple[str, Path]]:
             p = charts.estimated_vs_measured(modes["estimated"], modes["measured"],
                                              out / f"{safe_name(name)}-estimated_vs_measured.png")
             if p is not None:
-                made.append((f"Estimated vs measured — {name}", p))
+                across.charts.append((f"Estimated vs measured: {name}", p))
     p = charts.size_sweep(runs, out / "size_sweep.png")
     if p is not None:
-        made.append(("Peak memory vs model size", p))
+        across.charts.append(("Peak memory vs model size", p))
+    if across.charts:
+        if len(made) == 1:  # one run: its own charts, no separate heading
+            made[0].charts += across.charts
+        else:
+            made.append(across)
     return made
 
 
-def _run_markdown(run: RunResult) -> list[str]:
-    head, rows = summary_rows(run)
-    unit = unit_for(run)[0]
-    lines = [f"## {run.scenario['name']}: {run.scenario['model']} on {run.gpu['name']}", "",
-             f"*{provenance_line(run)}.* Sizes in {unit}; batch {run.scenario['batch_size']} × sequence "
-             f"{run.scenario['seq_len']}, {run.scenario['dtype']}"
-             f"{', activation checkpointing' if run.scenario.get('checkpointing') else ''}.", "",
-             markdown_table(head, rows), ""]
-    for c in run.cases:
-        if c.status != "ok":
-            lines.append(f"- **{c.label}**: {c.status} — {c.message}")
-        if c.projected:
-            lines.append(f"- {c.label}: projected ≤ {c.projected['tokens_per_s_upper_bound']:,.0f} tokens/s "
-                         f"({c.projected['assumptions']})")
-    env = run.environment
-    lines += ["", f"Environment: torch {env.get('torch')}, transformers {env.get('transformers')}, "
-                  f"bitsandbytes {env.get('bitsandbytes')}, peft {env.get('peft')}, device "
-                  f"{env.get('device_name')}, driver {env.get('driver')}, ngl-profile commit {env.get('commit')}, "
-                  f"created {run.created_utc}.", ""]
-    return lines
+def _markdown(secs: list[Section]) -> str:
+    md = ["# ngl-profile report", ""]
+    for sec in secs:
+        md += [f"## {sec.heading}", ""]
+        if sec.about:
+            md += [f"*{sec.about[0]}* " + " ".join(sec.about[1:]), ""]
+        if sec.head:
+            md += [markdown_table(sec.head, sec.rows), ""]
+        md += [f"- {n}" for n in sec.notes] + ([""] if sec.notes else [])
+        if sec.environment:
+            md += [sec.environment, ""]
+        for caption, p in sec.charts:
+            md += [f"### {caption}", "", f"![{caption}]({p.name})", ""]
+    return "\n".join(md)
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+        "table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;"
+        "text-align:right}td{white-space:nowrap}td:first-child,th:first-child{text-align:left}"
+        "th{background:#f4f4f4;vertical-align:bottom}.scroll{overflow-x:auto}"
+        "tr.too-big td,tr.oom td,tr.error td{background:#fdecea}tr.oom td,tr.error td{font-weight:600}"
+        "td.negative{color:#b00020;font-weight:600}img{max-width:100%}.prov{color:#555}.env{color:#555;"
+        "font-size:12px}.notes{font-size:13px}")
+
+
+def _inline(text: str) -> str:
+    """The Markdown the notes use (**bold**) as HTML, everything else escaped."""
+    parts = html.escape(text).split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _html(secs: list[Section]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>ngl-profile report</title>",
+             f"<style>{_CSS}</style></head><body><h1>ngl-profile report</h1>"]
+    for sec in secs:
+        parts.append(f"<section><h2>{html.escape(sec.heading)}</h2>")
+        if sec.about:
+            parts.append(f"<p class='prov'><i>{html.escape(sec.about[0])}</i> "
+                         f"{html.escape(' '.join(sec.about[1:]))}</p>")
+        if sec.head:
+            negative = [i for i, h in enumerate(sec.head) if h.startswith("headroom")]
+            parts.append("<div class='scroll'><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in sec.head)
+                         + "</tr>")
+            for row, state in zip(sec.rows, sec.states):
+                cls = "" if state == "ok" else f" class='{state.replace(' ', '-')}'"
+                cells = [f"<td class='negative'>{html.escape(x)}</td>" if i in negative and x.startswith("-")
+                         else f"<td>{html.escape(str(x))}</td>" for i, x in enumerate(row)]
+                parts.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+            parts.append("</table></div>")
+        if sec.notes:
+            parts.append("<ul class='notes'>" + "".join(f"<li>{_inline(n)}</li>" for n in sec.notes) + "</ul>")
+        if sec.environment:
+            parts.append(f"<p class='env'>{html.escape(sec.environment)}</p>")
+        for caption, p in sec.charts:
+            data = base64.b64encode(p.read_bytes()).decode()
+            parts.append(f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' "
+                         f"src='data:image/png;base64,{data}'>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 def render_report(runs: list[RunResult], out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    made = _charts(runs, out)
-    md = ["# ngl-profile report", ""]
-    for run in runs:
-        md += _run_markdown(run)
-    for caption, p in made:
-        md += [f"### {caption}", "", f"![{caption}]({p.name})", ""]
-    (out / "report.md").write_text("\n".join(md))
-    (out / "report.html").write_text(_html(runs, made))
+    secs = sections(runs, out)
+    (out / "report.md").write_text(_markdown(secs))
+    (out / "report.html").write_text(_html(secs))
     import pandas as pd
 
     pd.concat([memory_frame(r) for r in runs], ignore_index=True).to_csv(out / "results.csv", index=False)
     pd.concat([cases_frame(r) for r in runs], ignore_index=True).to_csv(out / "cases.csv", index=False)
-    return [out / "report.md", out / "report.html", out / "results.csv", out / "cases.csv"] + [p for _, p in made]
-
-
-def _html(runs: list[RunResult], made) -> str:
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>ngl-profile report</title>",
-             "<style>body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}img{max-width:100%}"
-             ".prov{color:#555;font-style:italic}</style></head><body><h1>ngl-profile report</h1>"]
-    for run in runs:
-        head, rows = summary_rows(run)
-        parts.append(f"<h2>{html.escape(run.scenario['name'])}: {html.escape(run.scenario['model'])} on "
-                     f"{html.escape(run.gpu['name'])}</h2><p class='prov'>{html.escape(provenance_line(run))}. "
-                     f"Sizes in {unit_for(run)[0]}.</p><table><tr>"
-                     + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
-        for r in rows:
-            parts.append("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>")
-        parts.append("</table>")
-        for c in run.cases:
-            if c.status != "ok":
-                parts.append(f"<p><b>{html.escape(c.label)}</b>: {c.status} — {html.escape(c.message)}</p>")
-    for caption, p in made:
-        data = base64.b64encode(p.read_bytes()).decode()
-        parts.append(f"<h3>{html.escape(caption)}</h3><img alt='{html.escape(caption)}' "
-                     f"src='data:image/png;base64,{data}'>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return [out / "report.md", out / "report.html", out / "results.csv", out / "cases.csv"] + \
+        [p for sec in secs for _, p in sec.charts]

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from ngl_profile.analysis import regress
-from ngl_profile.analysis.regress import (Check, benchmark_json, check_results, comparison, evaluate,
-                                          machine_difference)
+from ngl_profile.analysis.compare import comparison
+from ngl_profile.analysis.regress import Check, benchmark_json, check_results, evaluate, machine_difference
 from ngl_profile.cli import main
 from ngl_profile.report.check_table import comparison_cells, print_comparison
 from ngl_profile.schema.results import CaseResult, RunResult, load_results
