@@ -136,3 +136,62 @@ def test_a_signal_to_run_ends_its_case_process_and_removes_the_temp_folder(tmp_p
     cases = json.loads((out / "results.json").read_text())["cases"]
     assert [c["optimizer"]["label"] for c in cases] == ["adamw"]  # the finished case is kept
     assert not (out / ".ngl-profile.lock").exists()
+
+
+def test_report_of_several_runs_never_overwrites_the_first_runs_report(tmp_path, monkeypatch):
+    """`report A B` without --out writes a combined report in a new folder; A's own files stay."""
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    from ngl_profile.cli import main
+
+    base = Path(__file__).parent / "baselines" / "tiny-cpu.json"
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        shutil.copy(base, d / "results.json")
+    (a / "report.md").write_text("run A's own report")
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in a.iterdir()}
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(a), str(b)]) == 0
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in a.iterdir()} == before
+    combined = list((tmp_path / "reports").glob("combined-*"))
+    assert len(combined) == 1 and (combined[0] / "report.md").is_file()
+
+
+@pytest.mark.parametrize("command,positional", [("run", "scenario"), ("fit", "scenario"), ("report", "results"),
+                                                ("compare", "results"), ("check", "results")])
+def test_every_positional_argument_has_help(command, positional, capsys):
+    from ngl_profile.cli import main
+
+    assert main([command, "--help"]) == 0
+    section = capsys.readouterr().out.split("positional arguments:")[1].split("options:")[0]
+    words = section.split()
+    assert words[0] == positional and len(words) > 2, section  # the name, then its help text
+
+
+def test_version_and_examples(capsys):
+    from ngl_profile import __version__
+    from ngl_profile.cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"ngl-profile {__version__}"
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "ngl-profile run 7b --gpu 4090" in out and "exit codes:" in out
+
+
+def test_an_internal_error_is_one_line_with_a_distinct_code_and_debug_shows_it(monkeypatch, capsys):
+    from ngl_profile import commands
+    from ngl_profile.cli import main
+
+    def boom(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(commands, "list_things", boom)
+    assert main(["list", "gpus"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: ZeroDivisionError: a bug" in err and "--debug" in err
+    with pytest.raises(ZeroDivisionError):
+        main(["list", "gpus", "--debug"])
