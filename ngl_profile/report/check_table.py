@@ -114,7 +114,10 @@ def _delta(metric: str, a, b, unit=("MiB", MiB, 1)) -> str:
         shown = f"{d:+,.0f}"
     if a == 0:  # no percentage of nothing
         return f"{shown} (new)" if b else shown
-    return f"{shown} ({d / abs(a):+.1%})"
+    rel = d / abs(a)
+    if abs(rel) >= 100:  # a percentage of a near-zero base says nothing: a factor does
+        return f"{shown} ({b / a:,.0f}×)"
+    return f"{shown} ({rel:+,.1%})"
 
 
 def _cells(r) -> tuple[list[str], list[str]]:

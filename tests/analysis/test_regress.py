@@ -405,12 +405,12 @@ def test_compare_deltas_are_in_mib_with_separators(capsys):
     ng(other).memory_bytes["history"] = 1234 * MiB
     head, rows = comparison_cells(comparison([run(), other]))
     assert head == ["optimizer", "metric", "[0]", "[1]", "Δ[1]"]
-    assert ["natural-galore", "memory.history", "40.0 MiB", "1,234.0 MiB", "+1,194.0 MiB (+2985.0%)"] in rows
+    assert ["natural-galore", "memory.history", "40.0 MiB", "1,234.0 MiB", "+1,194.0 MiB (+2,985.0%)"] in rows
     assert not any("e+" in cell for r in rows for cell in r)  # no raw bytes in scientific notation
     other.scenario["model"] = "llama-60m"
     print_comparison(comparison([run(), other]), markdown=True, console=None)
     out = capsys.readouterr().out
-    assert "| natural-galore | memory.history | 40.0 MiB | 1,234.0 MiB | +1,194.0 MiB (+2985.0%) |" in out
+    assert "| natural-galore | memory.history | 40.0 MiB | 1,234.0 MiB | +1,194.0 MiB (+2,985.0%) |" in out
     assert "> **warning:** [1] is not like [0]: model 'llama-60m' vs 'tiny'" in out
 
 

@@ -114,3 +114,11 @@ def test_check_table_at_80_columns_cuts_nothing(tmp_path):
     assert "natural-galore-8bit-" in text and "REGRESSED" in text
     for r in outcome.verdict.rows:
         assert r.metric in text
+
+
+def test_a_change_against_a_near_zero_base_reads_as_a_factor():
+    from ngl_profile.report.check_table import _delta
+
+    assert _delta("memory.history", 1024.0, 1024.0 * 5000) == "+4.9 MiB (5,000×)"
+    assert _delta("memory.history", 100.0 * (1 << 20), 150.0 * (1 << 20)) == "+50.0 MiB (+50.0%)"
+    assert _delta("memory.history", 0.0, 5.0 * (1 << 20)) == "+5.0 MiB (new)"
