@@ -11,6 +11,7 @@ Heavy imports (torch, transformers, matplotlib) happen inside the commands: `--h
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -34,8 +35,11 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an exception so the same clean-up as Ctrl-C runs."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+def _on_signal(signum, frame):
+    # a second SIGTERM or Ctrl-C while the clean-up runs must not cut it short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 def _csv(text: str) -> list[str]:
@@ -123,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error (already printed as one line)
         return e.code if isinstance(e.code, int) else BAD_INPUT
-    import signal
+    import threading
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    handle = threading.current_thread() is threading.main_thread()  # signals go to the main thread only
+    previous = None
+    if handle:
+        # an ignored SIGINT (`nohup`, a background job of a script) stays ignored
+        keep_sigint = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        previous = (signal.signal(signal.SIGTERM, _on_signal),
+                    signal.getsignal(signal.SIGINT) if keep_sigint else signal.signal(signal.SIGINT, _on_signal))
     try:
         return _dispatch(args)
     except Terminated:
@@ -146,7 +156,9 @@ def main(argv: list[str] | None = None) -> int:
               "(rerun with --debug for the traceback)", file=sys.stderr)
         return INTERNAL_ERROR
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
 
 
 def _dispatch(args) -> int:

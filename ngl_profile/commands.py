@@ -168,6 +168,11 @@ def fit(args) -> int:
     if result.not_varied:
         console.print(f"[yellow]{case.name} has no {', '.join(result.not_varied)}: not varied[/]")
     console.print(fit_table(result))
+    if result.crashed is not None:
+        shown = ", ".join(f"{k}={v}" for k, v in result.crashed.setting.items())
+        console.print(f"[red]the estimate at {shown} crashed: {result.crashed.message}; the search stopped there[/]")
+        console.print(f"fit.json: {out / 'fit.json'}")
+        return CASE_FAILED
     if result.best is None:
         console.print(f"[red]no value of {result.failed_knob} fits {result.gpu}[/]")
     else:
@@ -178,6 +183,10 @@ def fit(args) -> int:
         if result.confirmed is None:
             console.print("no CUDA GPU at least as large as the target here: the answer is estimated, "
                           "not confirmed by a measured run")
+        elif not result.confirmed_ok:
+            c = result.confirmed
+            console.print(f"[red]the measured run on {c.get('device_name')} did not confirm it: {c.get('status')}, "
+                          f"fits={c.get('fits')} {c.get('message', '')}[/]")
     console.print(f"fit.json: {out / 'fit.json'}")
     return 0
 

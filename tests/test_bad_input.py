@@ -191,6 +191,11 @@ RUN_ARGS_BAD = {
 @pytest.mark.parametrize("key", sorted(RUN_ARGS_BAD))
 def test_bad_arguments(key, cwd, capsys):
     argv, match = RUN_ARGS_BAD[key]
+    if key == "measured-7b":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("with a CUDA GPU, a measured 7B run is not bad input: it would start")
     expect_bad(argv, capsys, match, cwd)
 
 
@@ -210,11 +215,29 @@ def test_out_holding_another_run_is_refused_and_kept(cwd, capsys):
 
 
 def test_out_locked_by_a_live_run_is_refused(cwd, capsys):
+    import fcntl
+
     out = cwd / "out"
     out.mkdir()
-    (out / ".ngl-profile.lock").write_text(str(os.getppid()))  # a process that is alive
-    expect_bad(["run", "tiny", "--out", str(out), "--force"], capsys, "being written by another", cwd)
-    assert (out / ".ngl-profile.lock").exists()  # not ours to remove
+    lock = out / ".ngl-profile.lock"
+    with open(lock, "w") as held:  # another run holding the folder (its own open file, its own lock)
+        held.write("4242")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        expect_bad(["run", "tiny", "--out", str(out), "--force"], capsys, "being written by another ngl-profile run "
+                   "(pid 4242)", cwd)
+        assert lock.exists()  # not ours to remove
+
+
+def test_a_lock_left_by_a_dead_run_does_not_block(cwd):
+    from ngl_profile.engine.runner import output_lock
+
+    out = cwd / "out"
+    out.mkdir()
+    (out / ".ngl-profile.lock").write_text("999999")  # the file stayed, its holder (and its flock) did not
+    with output_lock(out):
+        assert (out / ".ngl-profile.lock").read_text() == str(os.getpid())
+    assert not (out / ".ngl-profile.lock").exists()
 
 
 # --- results, baselines and thresholds files (report, compare, check) --------------------------

@@ -68,7 +68,8 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "ngl_profile.cli", "run", "tiny", "--mode", "measured",
                           "--optimizers", "adamw,adafactor,galore,natural-galore", "--out", str(out), "--no-report"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                         preexec_fn=_as_in_a_terminal)
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -82,6 +83,14 @@ def test_ctrl_c_keeps_finished_cases(tmp_path):
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err
     cases = json.loads((out / "results.json").read_text())["cases"]
     assert 1 <= len(cases) < 4 and all(c["status"] == "ok" for c in cases)
+
+
+def _as_in_a_terminal():
+    """Ctrl-C's default action, as in a terminal: a test run started as a background job of a script
+    inherits SIGINT ignored (POSIX shells do that without job control), and ngl-profile keeps it so."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _case_processes(marker: str) -> list[int]:
@@ -113,7 +122,8 @@ def test_a_signal_to_run_ends_its_case_process_and_removes_the_temp_folder(tmp_p
     env = dict(os.environ, TMPDIR=str(tmp), NGL_PROFILE_FAULT="galore=hang")
     p = subprocess.Popen([sys.executable, "-m", "ngl_profile.cli", "run", "tiny", "--mode", "estimated",
                           "--optimizers", "adamw,galore", "--jobs", "1", "--out", str(out), "--no-report"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=_as_in_a_terminal)
     deadline = time.time() + 120
     while time.time() < deadline:  # adamw finished, galore's case process is hanging
         try:

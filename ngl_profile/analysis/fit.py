@@ -48,6 +48,9 @@ class FitResult:
     best_peak_bytes: int | None = None
     failed_knob: str | None = None
     """the knob for which no value fit (best is then None)"""
+    crashed: Probe | None = None
+    """a probe whose case crashed (status error, not an OOM): the search stops there, since a crash
+    says nothing about whether the setting fits"""
     not_varied: list = field(default_factory=list)
     """knobs asked for that the optimizer does not have"""
     probes: list[Probe] = field(default_factory=list)
@@ -55,8 +58,17 @@ class FitResult:
     """the measured case, when a GPU at least as large as the target was here"""
 
     @property
+    def confirmed_ok(self) -> bool:
+        """The measured run on a GPU here agreed: it ran and fit."""
+        return self.confirmed is not None and self.confirmed.get("status") == "ok" and bool(self.confirmed.get("fits"))
+
+    @property
     def provenance(self) -> str:
-        return "estimated" if self.confirmed is None else "estimated, confirmed by a measured run"
+        if self.confirmed is None:
+            return "estimated"
+        if self.confirmed_ok:
+            return "estimated, confirmed by a measured run"
+        return "estimated; a measured run here contradicts it"
 
 
 def candidates(knob: str, scn: Scenario) -> list:
@@ -127,7 +139,11 @@ def search(scn: Scenario, case: OptimizerCase, vary: list[str],
         best_i, lo, hi = None, 0, len(values) - 1
         while lo <= hi:  # bisection for the last value that fits (memory is monotone in each knob)
             mid = (lo + hi) // 2
-            if probe({**setting, knob: values[mid]}).fits:
+            p = probe({**setting, knob: values[mid]})
+            if p.status == "error":
+                result.crashed = p
+                return result
+            if p.fits:
                 best_i, lo = mid, mid + 1
             else:
                 hi = mid - 1

@@ -123,28 +123,30 @@ class OutputBusy(OSError):
 def output_lock(out: Path, force: bool = False):
     """Hold `out` for one run: refuse a directory another live run holds, and one that already has
     a results.json unless `force` (two runs into one folder would silently overwrite each other)."""
+    import fcntl
+
     out.mkdir(parents=True, exist_ok=True)
     lock = out / ".ngl-profile.lock"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            pid = _lock_owner(lock)
-            if pid is not None and _alive(pid):
-                raise OutputBusy(f"{out} is being written by another ngl-profile run (pid {pid})") from None
-            lock.unlink(missing_ok=True)  # left by a run that died: take it over
-    else:
-        raise OutputBusy(f"{out}: cannot take the lock {lock.name}")
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
     try:
-        os.write(fd, str(os.getpid()).encode())
+        # the kernel's lock, not the file's existence: it is released when its holder dies, so a
+        # crashed run never leaves the folder locked, and two runs can never both hold it
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = _lock_owner(lock)
         os.close(fd)
+        raise OutputBusy(f"{out} is being written by another ngl-profile run"
+                         + (f" (pid {pid})" if pid else "")) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())  # for the message another run prints
         if (out / "results.json").exists() and not force:
             raise OutputBusy(f"{out} already holds a run's results.json; choose another --out, or pass --force "
                              "to overwrite it")
         yield out
     finally:
         lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the flock
 
 
 def _lock_owner(lock: Path) -> int | None:
@@ -152,16 +154,6 @@ def _lock_owner(lock: Path) -> int | None:
         return int(lock.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal_name(n: int) -> str:
@@ -222,17 +214,24 @@ def _run_child(spec: CaseSpec, workdir: Path, index: int, on_event, children: _C
                               stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         try:
             for line in proc.stdout:
-                try:
-                    on_event(label, json.loads(line))
-                except json.JSONDecodeError:
-                    pass
+                event = _event(line)
+                if event is not None:
+                    on_event(label, event)
             rc = proc.wait()
         finally:
+            if proc.poll() is None:  # the loop above raised: never leave the case running
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
             children.done(proc)
-    if rc == 0 and out_path.is_file():
-        return CaseResult(**json.loads(out_path.read_text()))
-    tail = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
     opt = {"name": spec.case.name, "label": label, "hparams": spec.hparams}
+    if rc == 0 and out_path.is_file():
+        try:
+            return CaseResult(**json.loads(out_path.read_text()))
+        except (ValueError, TypeError) as e:  # a result file we cannot read ends this case, not the run
+            return CaseResult(optimizer=opt, status="error", provenance=spec.mode,
+                              message=f"unreadable case result ({e.__class__.__name__}: {e})")
+    tail = [ln for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
     if rc < 0:
         n = -rc
         why = (": SIGKILL is also what the kernel's OOM killer sends when the host runs out of memory "
@@ -241,6 +240,19 @@ def _run_child(spec: CaseSpec, workdir: Path, index: int, on_event, children: _C
                           message=f"case process killed by signal {n} ({_signal_name(n)}){why}")
     return CaseResult(optimizer=opt, status="error", provenance=spec.mode,
                       message=f"case process exited with code {rc}: {tail[-1] if tail else 'no output'}")
+
+
+def _event(line: str) -> dict | None:
+    """A progress event from the case process's stdout, or None for anything else it printed."""
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    ok = isinstance(event, dict) and event.get("event") in ("step", "queued", "done")
+    if ok and event["event"] == "step":
+        ok = event.get("kind") in ("tracked", "warmup", "timed") and all(
+            isinstance(event.get(k), int) for k in ("i", "n"))
+    return event if ok else None
 
 
 def run_scenario(scn: Scenario, mode: str, device: str, out_dir: Path,

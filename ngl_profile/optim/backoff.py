@@ -58,7 +58,11 @@ class BackoffWatch:
         if host is None:
             host = torch.empty(counts.shape, dtype=counts.dtype, pin_memory=counts.device.type == "cuda")
         host.copy_(counts, non_blocking=True)
-        self._inflight[key] = (host, torch.accelerator.current_stream(counts.device).record_event())
+        # torch.cuda's stream API exists on every torch this package allows (≥ 2.5); torch.accelerator
+        # (2.6+) covers other devices
+        stream = (torch.cuda.current_stream(counts.device) if counts.device.type == "cuda"
+                  else torch.accelerator.current_stream(counts.device))
+        self._inflight[key] = (host, stream.record_event())
 
     def _report(self, lam: float, counts: list[int]) -> None:
         raised = sum(counts[1:])

@@ -104,6 +104,8 @@ def _run(name: str, device: torch.device, *args) -> bool:
     try:
         with outside_dispatch_modes():  # under the tracker's mode Dynamo would run it eagerly
             fn(*args)
+    except torch.OutOfMemoryError:
+        raise  # not a compiler failure: the eager kernel would need more memory, not less
     except Exception as e:  # noqa: BLE001 — any compiler failure means: use the eager kernel
         _failed.add(device.type)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

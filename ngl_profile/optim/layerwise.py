@@ -8,11 +8,12 @@ is one `torch.optim.Optimizer` with a state_dict, so schedulers and checkpoints 
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Callable, Iterable
 
 import torch
 
-from ngl_profile.optim.backoff import BackoffWatch
+from ngl_profile.optim.backoff import BackoffWatch, total_backoffs
 from ngl_profile.optim.state_keys import category_of, merge
 
 __all__ = ["LayerwiseOptimizer"]
@@ -85,11 +86,13 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
 
     @property
     def damping_backoffs(self) -> int:
-        return sum(getattr(o, "damping_backoffs", 0) for o in self.optimizers)
+        # one host read per device for all inner optimizers, not one per parameter
+        return total_backoffs(st for o in self.optimizers for st in o.state.values())
 
-    @property
+    @cached_property
     def state_categories(self) -> dict[str, str]:
-        """The union of the inner optimizers' declarations (state key → memory category)."""
+        """The union of the inner optimizers' declarations (state key → memory category); merged
+        once: a memory tracker asks for every state tensor of every parameter."""
         return merge(*(getattr(o, "state_categories", {}) for o in self.optimizers))
 
     def state_category(self, key: str) -> str | None:

@@ -155,7 +155,7 @@ def fit_table(result):
     """What `fit` tried, in order: setting → estimated peak → verdict (an analysis.fit.FitResult)."""
     from rich.table import Table
 
-    knobs = list(result.probes[0].setting) if result.probes else []
+    knobs = list(dict.fromkeys(k for p in result.probes for k in p.setting))  # every knob any probe set
     t = Table(title=f"fit: {result.label} on {result.gpu} ({result.gpu_memory_bytes / GiB:,.2f} GiB), "
                     f"{result.scenario}", caption=f"{result.provenance}; +512 MiB CUDA context assumed",
               caption_justify="left")

@@ -60,7 +60,8 @@ class CaseResult:
     skipped_updates: int = 0
     """parameter updates the optimizer skipped for non-finite gradients"""
     damping_backoffs: int = 0
-    """Natural GaLore solves whose Cholesky failed at λ and were made at 1e3·λ or 1e6·λ instead"""
+    """damping tiers Natural GaLore's solves climbed, summed: 1 for a solve made at 1e3·λ because the
+    Cholesky failed at λ, 2 at 1e6·λ, 3 where none factored; 0 when every solve used the λ asked for"""
 
     @property
     def label(self) -> str:
@@ -294,9 +295,7 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a results file is not
+    os.fchmod(fd, 0o644)  # mkstemp makes it private; a results file is not (no umask dance: threads)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=1, default=_jsonable)

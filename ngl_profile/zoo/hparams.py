@@ -54,9 +54,10 @@ HPARAMS: dict[str, Hparam] = {
                            "decoupled weight decay"),
     "beta1": Hparam(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)",
                     "Adafactor's first-moment decay (absent: no first moment)"),
-    "rank": Hparam(_int_at_least(1, 1 << 20), "an integer ≥ 1",
+    "rank": Hparam(_int_at_least(1, 1 << 20), "an integer in [1, 1048576]",
                    "projection rank (GaLore) or adapter rank (LoRA)"),
-    "update_proj_gap": Hparam(_int_at_least(1), "an integer ≥ 1", "steps between projector refreshes (T)"),
+    "update_proj_gap": Hparam(_int_at_least(1), "an integer in [1, 2147483648]",
+                              "steps between projector refreshes (T)"),
     "scale": Hparam(lambda v: is_number(v) and v > 0, "a finite number > 0", "GaLore's update scale α"),
     "proj_type": Hparam(_one_of(PROJ_TYPES), f"one of {', '.join(PROJ_TYPES)}", "projection side"),
     "svd": Hparam(_one_of(SVD_METHODS), f"one of {', '.join(SVD_METHODS)}", "projector SVD method"),
@@ -70,7 +71,7 @@ HPARAMS: dict[str, Hparam] = {
     "compile": Hparam(lambda v: isinstance(v, bool), "true or false", "compiled window kernels"),
     "lora_alpha": Hparam(lambda v: is_number(v) and v > 0, "a finite number > 0", "LoRA scaling numerator"),
     "lora_dropout": Hparam(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)", "LoRA dropout"),
-    "accumulation_steps": Hparam(_int_at_least(1, 1 << 16), "an integer ≥ 1",
+    "accumulation_steps": Hparam(_int_at_least(1, 1 << 16), "an integer in [1, 65536]",
                                  "backward passes per update (per-layer optimizers)"),
 }
 

@@ -17,6 +17,7 @@ from ngl_profile.zoo.hparams import Hparam, check_hparams
 from ngl_profile.zoo.registry import unique
 from ngl_profile.optim.layerwise import LayerwiseOptimizer
 from ngl_profile.optim.params import low_rank_parameters
+from ngl_profile.optim.state_keys import merge
 from ngl_profile.optim.optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
                         NaturalGaLoreAdamW8bit)
 
@@ -34,13 +35,13 @@ LAYERWISE_SUFFIX = "-layerwise"
 # State keys of the third-party optimizers (ours declare their own: optim/state_keys.py), as each
 # library names them at the versions in .ci/constraints.txt; a key missing here fails the case
 # loudly (measure/memory.py) instead of being counted as something it is not.
-_TORCH_ADAM = {"step": "moments", "exp_avg": "moments", "exp_avg_sq": "moments", "max_exp_avg_sq": "moments"}
-_BNB = {"step": "moments", "state1": "moments", "state2": "moments", "absmax1": "quant_stats",
+_TORCH_ADAM = merge({"step": "moments", "exp_avg": "moments", "exp_avg_sq": "moments", "max_exp_avg_sq": "moments"})
+_BNB = merge({"step": "moments", "state1": "moments", "state2": "moments", "absmax1": "quant_stats",
         "absmax2": "quant_stats", "qmap1": "quant_stats", "qmap2": "quant_stats", "max1": "quant_stats",
-        "max2": "quant_stats", "new_max1": "quant_stats", "new_max2": "quant_stats", "unorm_vec": "quant_stats"}
-_HF_ADAFACTOR = {"step": "moments", "exp_avg": "moments", "exp_avg_sq": "moments", "exp_avg_sq_row": "moments",
-                 "exp_avg_sq_col": "moments", "RMS": "moments"}
-_GALORE_TORCH_KEYS = {**_TORCH_ADAM, "projector": "projectors"}
+        "max2": "quant_stats", "new_max1": "quant_stats", "new_max2": "quant_stats", "unorm_vec": "quant_stats"})
+_HF_ADAFACTOR = merge({"step": "moments", "exp_avg": "moments", "exp_avg_sq": "moments", "exp_avg_sq_row": "moments",
+                 "exp_avg_sq_col": "moments", "RMS": "moments"})
+_GALORE_TORCH_KEYS = merge(_TORCH_ADAM, {"projector": "projectors"})  # merge: an unknown category raises
 
 
 @dataclass(frozen=True, slots=True)

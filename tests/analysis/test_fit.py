@@ -68,3 +68,33 @@ def test_fit_bad_knobs(vary, message):
     scn = load_scenario("tiny")
     with pytest.raises(ValueError, match=message):
         search(scn, scn.optimizers[0], vary)
+
+
+def test_a_crashed_probe_stops_the_search_and_is_not_called_too_big(tmp_path, monkeypatch, capsys):
+    real = fake_estimator([])
+
+    def crashing(scn, mode, device, out, **kw):
+        run = real(scn, mode, device, out, **kw)
+        if scn.optimizers[0].hparams.get("history_size", 0) >= 8:  # the bigger windows crash
+            c = run.cases[0]
+            c.status, c.fits, c.message = "error", None, "RuntimeError: boom"
+        return run
+
+    monkeypatch.setattr(runner, "run_scenario", crashing)
+    scn = load_scenario("7b")
+    case = next(c for c in scn.optimizers if c.name == "natural-galore-8bit-layerwise")
+    result = search(scn, case, ["history_size"])
+    assert result.best is None and result.crashed is not None and result.crashed.setting["history_size"] >= 8
+    assert main(["fit", "7b", "--optimizer", "natural-galore-8bit-layerwise", "--vary", "history_size",
+                 "--out", str(tmp_path / "f")]) == 3
+    assert "crashed: RuntimeError: boom" in capsys.readouterr().out
+
+
+def test_a_measured_run_that_does_not_fit_is_not_a_confirmation():
+    from ngl_profile.analysis.fit import FitResult
+
+    r = FitResult(scenario="s", model="m", gpu="g", gpu_memory_bytes=1, optimizer="o", label="o", best={},
+                  confirmed={"status": "oom", "fits": False})
+    assert not r.confirmed_ok and "contradicts" in r.provenance
+    r.confirmed = {"status": "ok", "fits": True}
+    assert r.confirmed_ok and r.provenance == "estimated, confirmed by a measured run"

@@ -241,6 +241,18 @@ def test_benchmark_json_format():
     recs = benchmark_json(run())
     assert all(set(r) == {"name", "unit", "value"} for r in recs)
     assert {"name": "s/natural-galore/history", "unit": "bytes", "value": float(40 * MiB)} in recs
+    # every record smaller-is-better: Natural GaLore's step at 2× AdamW's
+    assert {"name": "s/natural-galore/optimizer_step_vs_adamw", "unit": "ratio", "value": 2.0} in recs
+    assert not any("tokens_per_s" in r["name"] for r in recs)
+
+
+def test_a_category_that_was_zero_rises_from_nothing_not_by_inf_percent():
+    base, cur = run(), run()
+    ng(cur).memory_bytes["projectors"] = 8 * MiB
+    ng(cur).peak_bytes += 8 * MiB
+    found = problems(base, cur, Thresholds(memory_rel=0.5))
+    assert "natural-galore: memory.projectors rose from nothing (0.00 MiB → 8.00 MiB; limit 50%)" in found
+    assert not any("inf" in p for p in found)
 
 
 # --- through the CLI: files, exit codes, one-line refusals ---
