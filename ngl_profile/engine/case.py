@@ -80,7 +80,7 @@ def run_case(spec: CaseSpec | dict) -> CaseResult:
             model = build_model(scn.model, dtype, scn.checkpointing, device=device)
             tracker.attach(model)  # before the optimizer: its grad hooks must run before layerwise ones
             opt = build(case.name, model, **result.optimizer["hparams"])
-            tracker.state_category = state_category_lookup(case.name, opt)
+            tracker.declare_state(state_category_lookup(case.name, opt))
             tracker.attach(model)  # LoRA adds adapter weights
             result.params = _param_counts(model)
             tokens = scn.batch_size * scn.seq_len

@@ -136,6 +136,10 @@ class MemoryTracker(TorchDispatchMode):
         if p.grad is not None:
             self._tag(p.grad, "grads")
 
+    def declare_state(self, state_category: Callable[[str], str | None]) -> None:
+        """How the optimizer's state keys map to categories (once it is built; see tag_optimizer)."""
+        self.state_category = state_category
+
     def tag_optimizer(self, optimizer) -> None:
         """Settle the category of everything in the optimizer's state (call after a step)."""
         for st in optimizer_states(optimizer):
