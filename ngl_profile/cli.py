@@ -49,6 +49,24 @@ def _csv(text: str) -> list[str]:
     return items
 
 
+def _recipe_arguments(p) -> None:
+    """What an estimate assumes about the training program: each overrides the scenario's key."""
+    from ngl_profile.schema.scenario import ATTENTIONS, PRECISIONS
+
+    p.add_argument("--precision", choices=tuple(PRECISIONS),
+                   help="precision recipe: bf16 (all bfloat16, the GaLore paper's), fp32, mixed-bf16 (float32 "
+                        "master weights and state, bf16 autocast), bf16-fp32-state (float32 moments)")
+    p.add_argument("--attention", choices=ATTENTIONS, help="attention implementation (default: sdpa)")
+    p.add_argument("--code-paths", choices=("gpu", "cpu"),
+                   help="code paths an estimate models: the target GPU's (default) or the CPU's")
+    p.add_argument("--rank", type=int, help="projection rank of every GaLore-family optimizer (not LoRA's)")
+
+
+def _units_argument(p) -> None:
+    p.add_argument("--units", type=lambda u: {"gib": "GiB", "gb": "GB"}.get(u.lower(), u), choices=("GiB", "GB"),
+                   default="GiB", help="sizes in GiB (2^30 bytes, the default) or GB (10^9 bytes, datasheets' unit)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from ngl_profile import __version__
 
@@ -68,14 +86,26 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser = add_parser
 
     r = sub.add_parser("run", help="profile a scenario: every optimizer, memory by category, tokens/s")
-    r.add_argument("scenario", help="preset (7b, 1b, tiny, ...: see `list scenarios`) or a .toml file")
+    r.add_argument("scenario", help="preset (7b, 1b, tiny, ...: see `list scenarios`) or a .toml file; or a model "
+                   "(as for --model), run with the default scenario")
     r.add_argument("--gpu", help="target GPU (see `list gpus`); overrides the scenario")
+    r.add_argument("--model", help="model preset (see `list models`), config.json, directory holding one, or hub id "
+                   "in the local HF cache; overrides the scenario's")
     r.add_argument("--optimizers", type=_csv, help="comma-separated subset (labels or names)")
     r.add_argument("--mode", choices=("auto", "measured", "estimated"), help="default: the scenario's (auto)")
     r.add_argument("--out", type=Path, help="output directory (default reports/<scenario>-<gpu>-<UTC time>/)")
     r.add_argument("--jobs", type=int, help="cases at a time (default: 2 estimated, 1 measured)")
-    r.add_argument("--no-report", action="store_true", help="do not render charts and report files")
+    r.add_argument("--no-report", action="store_true",
+                   help="do not render charts and report files (a sweep still writes its sweep.md table)")
+    r.add_argument("--sweep", action="append", metavar="AXIS=V1,V2,...",
+                   help="run once per value of one axis (seq_len, batch_size, rank or history_size), each "
+                        "into --out/AXIS-V/, then chart peak memory against it (sweep.png, sweep.md)")
     r.add_argument("--force", action="store_true", help="overwrite a results.json already in --out")
+    r.add_argument("--json", action="store_true",
+                   help="print the results object (what results.json holds) to stdout, nothing else; "
+                        "the table and progress go to stderr")
+    _units_argument(r)
+    _recipe_arguments(r)
 
     ls = sub.add_parser("list", help="list models, gpus, optimizers or scenarios")
     ls.add_argument("what", choices=("models", "gpus", "optimizers", "scenarios"))
@@ -85,16 +115,20 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--gpu", help="target GPU (default: the scenario's)")
     f.add_argument("--optimizer", required=True, help="optimizer name or a label from the scenario")
     f.add_argument("--vary", type=_csv, default=["batch_size", "history_size", "rank", "history_dtype"],
-                   help="knobs to search, in priority order (default: batch_size,history_size,rank,history_dtype)")
+                   help="knobs to search, in priority order: batch_size, seq_len, rank, proj_type, history_size, "
+                        "history_dtype (default: batch_size,history_size,rank,history_dtype)")
     f.add_argument("--out", type=Path, help="where to write fit.json (default: reports/fit-...)")
+    _recipe_arguments(f)
 
     rep = sub.add_parser("report", help="render charts, report.md, report.html and results.csv")
     rep.add_argument("results", nargs="+", type=Path, help="results.json files or run directories")
     rep.add_argument("--out", type=Path, help="output directory (default: beside the first results file)")
+    _units_argument(rep)
 
     c = sub.add_parser("compare", help="side-by-side table of two or more runs")
     c.add_argument("results", nargs="+", type=Path, help="results.json files or run directories")
     c.add_argument("--md", action="store_true", help="print Markdown instead of a terminal table")
+    _units_argument(c)
 
     ch = sub.add_parser("check", help="fail (exit 1) when a run regresses against a baseline")
     ch.add_argument("results", type=Path, help="the run to check (results.json or its directory)")

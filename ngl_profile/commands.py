@@ -36,32 +36,65 @@ def _check_writable(out: Path) -> None:
         raise OSError(f"output directory {out} is not writable")
 
 
+def _with_recipe(scn, args):
+    """The scenario with the CLI's --precision, --attention, --code-paths and --rank applied."""
+    from ngl_profile.schema.scenario import OptimizerCase
+    from ngl_profile.zoo.optimizers import OPTIMIZERS
+
+    scn = scn.with_overrides(precision=getattr(args, "precision", None), attention=getattr(args, "attention", None),
+                             code_paths=getattr(args, "code_paths", None))
+    rank = getattr(args, "rank", None)
+    if rank is None:
+        return scn
+    cases = [OptimizerCase(name=c.name, label=c.label, hparams={**c.hparams, "rank": rank})
+             if OPTIMIZERS[c.name].low_rank else c for c in scn.optimizers]
+    return scn.with_overrides(optimizers=cases)
+
+
 def run(args) -> int:
     from ngl_profile.engine.runner import default_out_dir, output_lock, plan
     from ngl_profile.schema.presets import load_scenario
     from ngl_profile.zoo.optimizers import OPTIMIZERS
 
     scn = load_scenario(args.scenario)
-    scn = scn.with_overrides(gpu=args.gpu, mode=args.mode)
+    # --attention with --model: a model without SDPA is refused before the recipe is applied
+    scn = scn.with_overrides(gpu=args.gpu, mode=args.mode, model=getattr(args, "model", None),
+                             attention=getattr(args, "attention", None))
     if args.optimizers:
         scn = scn.select(args.optimizers)
+    scn = _with_recipe(scn, args)
     if not scn.optimizers:
         raise ValueError(f"{scn.source}: no [[optimizers]] to run")
     for c in scn.optimizers:
         OPTIMIZERS[c.name].check_available()
     if args.jobs is not None and not 1 <= args.jobs <= 64:
         raise ValueError(f"--jobs must be in [1, 64]; got {args.jobs}")
+    sweep = None
+    if getattr(args, "sweep", None):
+        from ngl_profile.schema.sweep import parse_sweep
+
+        sweep = parse_sweep(args.sweep, scn)  # every value validated before anything runs
+    as_json = getattr(args, "json", False)
+    if as_json and sweep is not None:
+        raise ValueError("--json prints one run's results object; it does not combine with --sweep")
     mode, device = plan(scn, scn.mode)
     out = args.out or default_out_dir(scn)
+    if sweep is not None:
+        out = args.out or out.with_name(f"{out.name}-{sweep.axis}-sweep")
+        return _run_sweep(args, sweep, mode, device, out)
     _check_writable(out)
     with output_lock(out, force=args.force):
         console = _console()
+        if as_json:  # stdout carries the JSON alone
+            from rich.console import Console
+
+            console = Console(stderr=True, width=console.width)
         console.print(f"[bold]{scn.name}[/]: {len(scn.optimizers)} optimizer(s), {mode} on {device}, target "
                       f"{scn.gpu} → {out}")
         result = _run_with_progress(console, scn, mode, device, out, args.jobs)
         from ngl_profile.report.tables import rich_summary
 
-        console.print(rich_summary(result))
+        console.print(rich_summary(result, args.units))
         for c in result.cases:
             if c.status != "ok":
                 console.print(f"[yellow]{c.label}: {c.status}: {c.message}[/]")
@@ -69,10 +102,63 @@ def run(args) -> int:
         if not args.no_report:
             from ngl_profile.report.render import render_report
 
-            files = render_report([result], out)
+            files = render_report([result], out, args.units)
             console.print(f"report: {out / 'report.md'} ({len(files)} files)")
+    if as_json:
+        import sys
+
+        sys.stdout.write((out / "results.json").read_text())
+        sys.stdout.flush()
     # an OOM is a result; a case that crashed is not: say so in the exit code (see cli.py)
     return CASE_FAILED if any(c.status == "error" for c in result.cases) else 0
+
+
+def _run_sweep(args, sweep, mode, device, out: Path) -> int:
+    """One normal run per value, each into out/AXIS-V/; sweep.md rewritten after each, so an
+    interrupted sweep keeps a table of what finished; the chart once all have run."""
+    from ngl_profile.engine.runner import output_lock
+    from ngl_profile.report.sweep import axis_sweep, sweep_markdown, sweep_rows
+
+    _check_writable(out)
+    subs = {v: out / sweep.sub_dir(v) for v in sweep.values}
+    if not args.force:  # refused before the first value runs, not after it
+        for sub in subs.values():
+            if (sub / "results.json").exists():
+                raise OSError(f"{sub} already holds a run's results.json; choose another --out, or pass --force")
+    console = _console()
+    runs, done, crashed = [], {}, False
+    with output_lock(out, force=args.force):
+        for i, (v, scn) in enumerate(zip(sweep.values, sweep.scenarios), 1):
+            sub = subs[v]
+            with output_lock(sub, force=args.force):
+                console.print(f"[bold]{scn.name}[/] {sweep.axis}={v} ({i}/{len(sweep.values)}): "
+                              f"{len(scn.optimizers)} optimizer(s), {mode} on {device}, target {scn.gpu} → {sub}")
+                result = _run_with_progress(console, scn, mode, device, sub, args.jobs)
+                for c in result.cases:
+                    if c.status != "ok":
+                        console.print(f"[yellow]{c.label}: {c.status}: {c.message}[/]")
+                crashed |= any(c.status == "error" for c in result.cases)
+                if not args.no_report:
+                    from ngl_profile.report.render import render_report
+
+                    render_report([result], sub, args.units)
+            runs.append(result)
+            done[v] = sub.name
+            (out / "sweep.md").write_text(sweep_markdown(runs, sweep.axis, list(sweep.values), done))
+        chart = None if args.no_report else axis_sweep(runs, sweep.axis, out / "sweep.png")
+        if chart is not None:
+            (out / "sweep.md").write_text(sweep_markdown(runs, sweep.axis, list(sweep.values), done, chart.name))
+    from rich.table import Table
+
+    head, rows, unit = sweep_rows(runs, sweep.axis)
+    t = Table(title=f"peak memory ({unit}) vs {sweep.axis}, target {runs[0].gpu['name']}; ✗ does not fit")
+    for j, h in enumerate(head):
+        t.add_column(h, justify="left" if j == 0 else "right")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+    console.print(f"sweep: {out / 'sweep.md'}" + (f", chart {chart}" if chart is not None else ""))
+    return CASE_FAILED if crashed else 0
 
 
 def _run_with_progress(console, scn, mode, device, out, jobs):
@@ -104,16 +190,18 @@ def list_things(what: str) -> int:
 
     t = Table()
     if what == "models":
-        from ngl_profile.zoo.models import MODELS, approx_parameters
+        from ngl_profile.zoo.models import MODELS, parameter_count
 
-        for col in ("name", "family", "parameters", "default rank", "description"):
+        for col in ("name", "architecture", "parameters", "default rank", "description"):
             t.add_column(col, no_wrap=col in ("name", "preset"))  # names stay whole, to copy
         for m in MODELS.values():
-            t.add_row(m.name, m.family, f"{approx_parameters(m.name) / 1e6:,.0f}M", str(m.default_rank),
-                      m.description)
+            n = parameter_count(m)  # built on the meta device from the config: exact, nothing allocated
+            t.add_row(m.name, m.architecture, f"{n / 1e9:,.2f}B" if n >= 1e9 else f"{n / 1e6:,.1f}M",
+                      str(m.default_rank), m.description)
     elif what == "gpus":
-        from ngl_profile.zoo.gpus import GPUS, gpu_names
+        from ngl_profile.zoo.gpus import GPUS, SIZE_HINT, gpu_names
 
+        t.caption, t.caption_justify = f"--gpu takes one of these names or aliases; {SIZE_HINT}", "left"
         for col in ("name", "memory GiB", "bf16 TFLOP/s", "GB/s", "aliases", "source"):
             t.add_column(col, no_wrap=col in ("name", "preset"))  # names stay whole, to copy
         for name in gpu_names():
@@ -147,7 +235,7 @@ def fit(args) -> int:
     from ngl_profile.schema.scenario import OptimizerCase
     from ngl_profile.zoo.gpus import get_gpu
 
-    scn = load_scenario(args.scenario).with_overrides(gpu=args.gpu)
+    scn = _with_recipe(load_scenario(args.scenario).with_overrides(gpu=args.gpu), args)
     check_knobs(args.vary)
     wanted = [c for c in scn.optimizers if args.optimizer in (c.label, c.name)]
     case = wanted[0] if wanted else OptimizerCase(name=args.optimizer)
@@ -210,7 +298,7 @@ def report(args) -> int:
 
         out = Path("reports") / f"combined-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     _check_writable(out)
-    files = render_report(runs, out)
+    files = render_report(runs, out, args.units)
     console = _console()
     for f in files:
         console.print(str(f))
@@ -223,7 +311,7 @@ def compare(args) -> int:
     from ngl_profile.schema.results import load_results
 
     runs = [load_results(p) for p in args.results]
-    print_comparison(comparison(runs), markdown=args.md, console=_console())
+    print_comparison(comparison(runs), markdown=args.md, console=_console(), units=args.units)
     return 0
 
 

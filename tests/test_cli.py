@@ -25,7 +25,7 @@ def test_run_tiny_end_to_end(tmp_path):
             "--no-report")
     assert r.returncode == 0, r.stderr
     data = json.loads((out / "results.json").read_text())
-    assert data["schema_version"] == 1 and data["mode"] == "measured" and data["device"] == "cpu"
+    assert data["schema_version"] == 2 and data["mode"] == "measured" and data["device"] == "cpu"
     assert [c["optimizer"]["label"] for c in data["cases"]] == ["adamw", "natural-galore"]
     for c in data["cases"]:
         assert c["status"] == "ok" and c["provenance"] == "measured" and c["tokens_per_s"] > 0

@@ -1,11 +1,13 @@
 """`ngl-profile compare`: several runs side by side. Cases are matched across runs by label, else by
 optimizer and settings (saying what differs), and the runs' scenario and machine differences are
-returned as warnings. Returns data; report/check_table.py prints it."""
+returned as warnings. Timed figures carry their interquartile range over the timed steps where the
+run records it (analysis/spread.py). Returns data; report/check_table.py prints it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from ngl_profile.analysis.regress import SAME_SCENARIO, duplicate_label, machine_difference, metrics
+from ngl_profile.analysis.spread import bands
 from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import RunResult
 
@@ -19,6 +21,8 @@ class CompareRow:
     metric: str
     values: tuple
     """one per run, None where that run lacks it"""
+    bands: tuple = ()
+    """one per run: the value's IQR (q1, q3) over the timed steps, None where unknown; () for memory"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +117,9 @@ def comparison(runs: list[RunResult]) -> Comparison:
         if other:
             warnings.append(f"[{i}] measured its speed on another machine or software than [0] ({other}): "
                             "its tokens/s compare only as ratios to AdamW")
-    ms = [metrics(r) for r in runs]
-    keys = ["memory.peak"] + [f"memory.{k}" for k in CATEGORIES] + ["tokens_per_s", "tokens_per_s.adamw_ratio"]
+    ms, spreads = [metrics(r) for r in runs], [bands(r) for r in runs]
+    timed = ["tokens_per_s", "tokens_per_s.adamw_ratio", "optimizer_step_s", "optimizer_step.adamw_ratio"]
+    keys = ["memory.peak"] + [f"memory.{k}" for k in CATEGORIES] + timed
     rows, matches = [], []
     shown: set[str] = set()
     for g in _match_cases(runs):
@@ -137,6 +142,8 @@ def comparison(runs: list[RunResult]) -> Comparison:
             vals = tuple(ms[i][labels[i]].get(key) if labels[i] is not None else None for i in range(len(runs)))
             if all(v in (None, 0.0) for v in vals):
                 continue
-            rows.append(CompareRow(case, key, vals))
+            spread = tuple(spreads[i][labels[i]].get(key) if labels[i] is not None else None
+                           for i in range(len(runs))) if key in timed else ()
+            rows.append(CompareRow(case, key, vals, spread))
     names = [f"{r.scenario['name']} ({r.mode}, {r.created_utc or '?'})" for r in runs]
     return Comparison(names=names, rows=rows, warnings=warnings, matches=matches)

@@ -9,6 +9,17 @@ A threshold is a tiny check object: `check(baseline, current) -> message | None`
   time), which is what sees every case getting slower together — but only when both runs come from
   the same machine and software; elsewhere the figure measures the machine, and the check says it
   was skipped and why.
+- Speed with its spread: where both runs record the interquartile range of a timed figure over their
+  timed steps (analysis/spread.py), a slowdown beyond the limit counts only if the bands are apart by
+  more than the limit too. For a step time (bigger is worse), with baseline median b and IQR [b1, b3],
+  current c and [c1, c3], limit rel and floor f:
+      c − b > max(f, rel·b)   and   c1 − b3 > max(f, rel·b3)
+  and mirrored for tokens/s (b1 − c3 > rel·b1). The first half is the rule for medians alone, the only
+  one where either run lacks the spread (schema-1 files); the second says three quarters of the current
+  steps are slower than three quarters of the baseline's by more than the limit, so a median that moved
+  by as much as the steps scatter is not a regression. The price: a noisy run (a wide IQR) needs a
+  larger slowdown to fail, by about its half-widths. A median beyond the limit that the spread explains
+  is a note, not a failure; a regression's message gives both IQRs.
 - A figure the baseline measured (> 0) that the results lack — 0, null, NaN, missing — fails
   whatever the limits: a case that stopped measuring must not pass as one that did not slow down.
 
@@ -22,13 +33,14 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ngl_profile.analysis.spread import Band, bands, separation
 from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import ResultsError, RunResult, load_results, write_json_atomic
 from ngl_profile.schema.thresholds import MiB, Thresholds
 
 __all__ = ["Thresholds", "Check", "Row", "Verdict", "CheckOutcome", "metrics", "build_checks", "evaluate",
            "incomplete", "machine_difference", "duplicate_label", "load_thresholds", "check_results",
-           "benchmark_json", "fmt_value", "SAME_SCENARIO"]
+           "benchmark_json", "fmt_value", "fmt_band", "SAME_SCENARIO"]
 
 SAME_SCENARIO = ("model", "seq_len", "batch_size", "dtype", "checkpointing")
 # Absolute speed compares only on the same device, host and hot-path software: device_name (the GPU;
@@ -66,6 +78,13 @@ def fmt_value(metric: str, v) -> str:
     return f"{v * 1e3:,.3f} ms"
 
 
+def fmt_band(metric: str, band: Band) -> str:
+    """An IQR as "7.400–7.900 ms": the unit once, after the upper edge."""
+    lo, hi = fmt_value(metric, band[0]), fmt_value(metric, band[1])
+    num, _, unit = lo.partition(" ")
+    return f"{num}–{hi}" if unit and hi.endswith(" " + unit) else f"{lo}–{hi}"
+
+
 @dataclass(frozen=True, slots=True)
 class Check:
     case: str
@@ -78,20 +97,34 @@ class Check:
     required: bool = False
     """0 where the baseline measured > 0 fails too (a peak, tokens/s, a step time: 0 is not a figure)"""
 
-    def check(self, baseline, current) -> str | None:
+    def check(self, baseline, current, spreads: tuple[Band, Band] | None = None) -> str | None:
+        """The regression, or None. `spreads`: (baseline's, current's) IQR, where both are known."""
+        return self.judge(baseline, current, spreads)[0]
+
+    def judge(self, baseline, current, spreads: tuple[Band, Band] | None = None) -> tuple[str | None, str | None]:
+        """(regression, note): the note says where a median beyond the limit lies within the spread."""
         if not _finite(baseline):
-            return None  # the baseline measured nothing to hold it to
+            return None, None  # the baseline measured nothing to hold it to
         if not _finite(current) or (self.required and baseline > 0 and current <= 0):
             now = "missing" if current is None else fmt_value(self.metric, current)
-            return f"{self.case}: {self.metric} no longer measured ({fmt_value(self.metric, baseline)} → {now})"
+            return f"{self.case}: {self.metric} no longer measured ({fmt_value(self.metric, baseline)} → {now})", None
         if self.rel is None:
-            return None
+            return None, None
         delta = (current - baseline) * self.direction
         if delta <= self.floor or delta <= self.rel * abs(baseline):
-            return None
+            return None, None
         change = f"by {delta / abs(baseline):,.1%}" if baseline else "from nothing"  # a new category: no %
-        return (f"{self.case}: {self.metric} {'rose' if self.direction > 0 else 'fell'} {change} "
-                f"({fmt_value(self.metric, baseline)} → {fmt_value(self.metric, current)}; limit {self.rel:.0%})")
+        said = (f"{self.case}: {self.metric} {'rose' if self.direction > 0 else 'fell'} {change} "
+                f"({fmt_value(self.metric, baseline)} → {fmt_value(self.metric, current)}")
+        if spreads is None:
+            return f"{said}; limit {self.rel:.0%})", None
+        was, now = spreads
+        gap, edge = separation(self.direction, was, now)
+        apart = f"{gap / edge:+,.1%} between them" if gap > 0 else "overlapping"
+        iqr = f"IQR {fmt_band(self.metric, now)} vs {fmt_band(self.metric, was)}, {apart}"
+        if gap <= self.floor or gap <= self.rel * edge:
+            return None, f"{said}; {iqr}; limit {self.rel:.0%}): within the runs' spread, not a regression"
+        return f"{said}; {iqr}; limit {self.rel:.0%})", None
 
 
 def _adamw(run: RunResult):
@@ -200,6 +233,9 @@ class Row:
     direction: int
     rel: float | None
     regressed: bool
+    baseline_band: Band | None = None
+    """the IQR over the timed steps, where the run records it"""
+    current_band: Band | None = None
 
 
 @dataclass(kw_only=True)
@@ -225,6 +261,7 @@ def evaluate(baseline: RunResult, current: RunResult, th: Thresholds) -> Verdict
         v.notes.append("the baseline does not list its planned cases (an older file), so it cannot be shown "
                        "to be uninterrupted; re-make it with --update-baseline")
     mb, mc = metrics(baseline), metrics(current)
+    sb, sc = bands(baseline), bands(current)
     judged = []
     for label in mb:
         now = current.case(label)
@@ -247,11 +284,21 @@ def evaluate(baseline: RunResult, current: RunResult, th: Thresholds) -> Verdict
         if chk.metric in unref:
             continue
         a, b = mb[chk.case][chk.metric], mc[chk.case][chk.metric]
-        msg = chk.check(a, b)
+        ba, bb = sb[chk.case].get(chk.metric), sc[chk.case].get(chk.metric)
+        msg, note = chk.judge(a, b, (ba, bb) if ba and bb else None)
         if msg:
             v.problems.append(msg)
+        if note:
+            v.notes.append(note)
         if msg or (chk.metric in _SHOWN and _finite(a)):
-            v.rows.append(Row(chk.case, chk.metric, a, b, chk.direction, chk.rel, msg is not None))
+            v.rows.append(Row(chk.case, chk.metric, a, b, chk.direction, chk.rel, msg is not None, ba, bb))
+    unknown = [which for run, which in ((baseline, "the baseline"), (current, "the results"))
+               if not any(c.tokens_per_s_stats or c.step_time_stats for c in run.cases)]
+    timed = any(_finite(mb[label].get("tokens_per_s")) for label in judged)
+    if unknown and timed:
+        who = " and ".join(unknown) + (" record no spread of their" if len(unknown) > 1 else
+                                       " records no spread of its")
+        v.notes.append(f"{who} timings (older results files have none): speed judged on medians alone")
     return v
 
 

@@ -46,7 +46,7 @@ def _param_counts(model) -> dict:
 def run_case(spec: CaseSpec | dict) -> CaseResult:
     """One case, in this process (a CaseSpec, or its dict form, which is validated first).
     Never raises for a failing case: the failure is the result (status "oom" or "error")."""
-    from ngl_profile.zoo.optimizers import build, state_category_lookup
+    from ngl_profile.zoo.optimizers import build, code_path, state_category_lookup
 
     spec = CaseSpec.from_dict(spec)
     scn, case, mode = spec.scenario, spec.case, spec.mode
@@ -71,15 +71,19 @@ def run_case(spec: CaseSpec | dict) -> CaseResult:
 
         # real inputs allowed: bitsandbytes' quantization maps are real constants (see rules.py)
         fake = FakeTensorMode(allow_non_fake_inputs=True)
+    # an estimate is for a GPU: the optimizers must allocate as their CUDA code paths do
+    target = "cuda" if cuda or (estimated and scn.code_paths == "gpu") else "cpu"
     tracker = MemoryTracker()
     same_attention_path = _unpacked_batches()
     gen = None if estimated else torch.Generator(device=device).manual_seed(0)
     model = opt = None
     try:
         with same_attention_path, fake if fake is not None else contextlib.nullcontext():
-            model = build_model(scn.model, dtype, scn.checkpointing, device=device)
+            model = build_model(scn.model_spec, dtype, scn.checkpointing, device=device,
+                                attention="eager" if scn.attention == "eager" else "sdpa")
             tracker.attach(model)  # before the optimizer: its grad hooks must run before layerwise ones
-            opt = build(case.name, model, **result.optimizer["hparams"])
+            result.code_path = code_path(case.name, spec.hparams, target, scn.precision, estimated)
+            opt = build(case.name, model, target=target, precision=scn.precision, **result.optimizer["hparams"])
             tracker.declare_state(state_category_lookup(case.name, opt))
             tracker.attach(model)  # LoRA adds adapter weights
             result.params = _param_counts(model)
@@ -213,6 +217,24 @@ def _record_memory(result, snap, gpu, cuda, context_bytes, device) -> None:
         mem["allocator_slack"] = max(0, reserved - peak)
         mem["context"] = context_bytes or 0
         peak = peak + mem["allocator_slack"] + mem["context"]
+    else:
+        # no CUDA allocator ran: replay its rules over the same allocation sequence, within what the
+        # target card leaves it beside the assumed context (where it would free its cache and retry)
+        from ngl_profile.measure.allocator import RULES_SOURCE, replay
+
+        t0 = time.perf_counter()
+        sim = capped = replay(snap.events, gpu.memory_bytes - CUDA_CONTEXT_BYTES)
+        if capped.oom_at_event is not None:  # it would run out on the card: what it would have needed
+            sim = replay(snap.events)
+        result.cuda.update(
+            allocator_model=f"simulated: {RULES_SOURCE}, replayed over the {result.provenance} allocation sequence",
+            simulated_max_reserved_bytes=sim.peak_reserved_bytes,
+            simulated_allocated_at_peak_bytes=sim.allocated_at_peak_bytes,
+            simulated_max_allocated_bytes=sim.peak_allocated_bytes, simulated_alloc_retries=capped.alloc_retries,
+            simulated_oom_at_event=capped.oom_at_event, tracked_peak_bytes=peak,
+            allocator_simulation_s=time.perf_counter() - t0)
+        mem["allocator_slack"] = max(0, sim.peak_reserved_bytes - peak)
+        peak = peak + mem["allocator_slack"]
     result.memory_bytes = {c: int(mem.get(c, 0)) for c in CATEGORIES}
     result.peak_bytes = int(peak)
     result.peak_phase = snap.peak_phase
@@ -223,12 +245,15 @@ def _record_memory(result, snap, gpu, cuda, context_bytes, device) -> None:
 
 def _fits(result, gpu, cuda) -> None:
     # a run that did not see a CUDA context (estimated, or measured on CPU) must still leave room
-    # for one on the target GPU: the catalog's typical figure, recorded as an assumption
+    # for one on the target GPU: the catalog's typical figure, recorded as an assumption (its
+    # allocator slack is simulated, see _record_memory)
     extra = 0 if cuda else CUDA_CONTEXT_BYTES
     if not cuda:
         result.cuda["assumed_context_bytes"] = extra
     result.headroom_bytes = int(gpu.memory_bytes - result.peak_bytes - extra)
-    result.fits = result.headroom_bytes >= 0
+    # the simulated allocator can run out below the peak it reports when freeing its cache at the
+    # limit leaves a layout that needs more than the card has (fragmentation)
+    result.fits = result.headroom_bytes >= 0 and result.cuda.get("simulated_oom_at_event") is None
 
 
 def _record_failure(result, status, exc, tracker, gpu, cuda, context_bytes, device) -> None:

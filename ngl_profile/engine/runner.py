@@ -54,7 +54,7 @@ def plan(scn: Scenario, requested: str) -> tuple[str, str]:
         return "measured", "cuda"
     import psutil
 
-    need = approx_parameters(scn.model) * 20  # weights + grads + Adam state + activations, roughly
+    need = approx_parameters(scn.model_spec) * 20  # weights + grads + Adam state + activations, roughly
     have = psutil.virtual_memory().available
     if need > have / 2:
         raise RunRefused(f"measured mode needs a CUDA GPU for {scn.model}: about {need / 2**30:.0f} GiB "

@@ -3,12 +3,12 @@ timed apart, FLOP counts, and the roofline projection an estimated run gives ins
 measurement. Every formula lives in measure/timing.py; this module runs the steps."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
-from ngl_profile.measure.timing import PhaseTimer, flops_per_token, model_flops_utilization, tokens_per_second
+from ngl_profile.measure.timing import (PhaseTimer, flops_per_token, model_flops_utilization, rate_stats,
+                                        timing_stats, tokens_per_second)
 from ngl_profile.zoo.models import make_batch
 from ngl_profile.engine.steps import emit, one_step
 
@@ -20,7 +20,7 @@ def forward_flops(result, model, scn, device, gen, tokens) -> None:
     which does not count activation recomputation). Counted under no_grad: no graph, no gradients."""
     def fwd():
         with torch.no_grad():
-            batch = make_batch(scn.model, scn.batch_size, scn.seq_len, device=device, generator=gen)
+            batch = make_batch(scn.model_spec, scn.batch_size, scn.seq_len, device=device, generator=gen)
             model(**batch)
 
     result.flops_per_token = 3 * flops_per_token(fwd, tokens)
@@ -43,14 +43,16 @@ def timed_steps(result, model, opt, scn, device, gen, tokens, gpu, nvml) -> None
     else:
         result.nvml = {"available": False, "reason": "no CUDA device"}
     for key in ("forward", "backward", "optimizer", "total"):
-        vals = [s[key] for s in per_step if key in s]
-        if vals:
-            result.step_time_s[key] = statistics.median(vals)
+        stats = timing_stats([s[key] for s in per_step if key in s])
+        if stats:  # the headline figure is the median; its spread goes beside it for check and compare
+            result.step_time_s[key] = stats["median"]
+            result.step_time_stats[key] = stats
     totals = [s["total"] for s in per_step if "total" in s]
     if totals:  # the spread the throughput chart draws as whiskers (the figures stay medians)
         result.step_time_s["total_min"], result.step_time_s["total_max"] = min(totals), max(totals)
     result.step_time_s["steps"] = len(per_step)
-    result.tokens_per_s = tokens_per_second(tokens, [s["total"] for s in per_step])
+    result.tokens_per_s = tokens_per_second(tokens, totals)
+    result.tokens_per_s_stats = rate_stats(tokens, totals)
     svd_refresh_time(result, opt, device)
     if device.type == "cuda":
         from ngl_profile.zoo.gpus import match_device_name
@@ -115,6 +117,9 @@ def roofline_projection(result, gpu, tokens) -> None:
     optimizer's projections) at 100 % of its dense bf16 peak, plus one read and write of weights,
     gradients and optimizer state at full bandwidth."""
     if not result.step_flops:
+        return
+    if gpu.bf16_tflops is None or gpu.bandwidth_gbs is None:  # a memory size only: no speed to project with
+        result.projected = None
         return
     m = result.memory_bytes
     step_bytes = 2 * sum(m[c] for c in ("weights", "grads", "moments", "quant_stats", "projectors", "history"))

@@ -10,10 +10,16 @@ history are told apart.
 
 Peak snapshots are cheap: the live set is copied only when the total starts to fall after having
 set a new maximum (a local maximum above every earlier one), not on every allocation.
+
+Every allocation and free is also kept, in order, as two integers (serial, ±bytes), so that the
+caching allocator's reserved bytes can be replayed from the sequence (measure/allocator.py). Weights
+enter it when `attach` first sees them, in parameters()-then-buffers() order: the order the model's
+constructor creates them in, each parameter its own allocation.
 """
 from __future__ import annotations
 
 import weakref
+from array import array
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,6 +73,9 @@ class MemorySnapshot:
     """peak live bytes of each tracked step, in order"""
     timeline: tuple = ()
     """(event index, live bytes, phase) over the last tracked step, at most ~2000 points"""
+    events: tuple = ()
+    """every storage allocation and free since tracking began, in order, flat: serial, +nbytes for an
+    allocation, serial, -nbytes for its free (zero-byte storages left out: they take no memory)"""
 
 
 @dataclass
@@ -107,6 +116,7 @@ class MemoryTracker(TorchDispatchMode):
         self._step_peak = 0
         self._timeline: list = []
         self._record_timeline = record_timeline
+        self._events = array("q")  # flat (serial, ±nbytes) pairs; ~16 bytes an event, no objects
 
     # --- registration -------------------------------------------------------------------------
     def _track(self, storage, phase: str) -> _Live:
@@ -117,6 +127,9 @@ class MemoryTracker(TorchDispatchMode):
             entry = _Live(self._serial, storage.nbytes(), phase)
             self._s.live[key] = entry
             weakref.finalize(storage, self._free, key)
+            if entry.nbytes:
+                self._events.append(entry.serial)
+                self._events.append(entry.nbytes)
             self._grow(entry.nbytes)
         return entry
 
@@ -173,6 +186,9 @@ class MemoryTracker(TorchDispatchMode):
             self._take_snapshot()
         del s.live[key]
         s.total -= entry.nbytes
+        if entry.nbytes:
+            self._events.append(entry.serial)
+            self._events.append(-entry.nbytes)
         if self._record_timeline:
             self._timeline.append((s.total, self._phase))
 
@@ -228,4 +244,5 @@ class MemoryTracker(TorchDispatchMode):
             timeline = [max(timeline[i:i + stride], key=lambda x: x[0]) for i in range(0, len(timeline), stride)]
         return MemorySnapshot(peak_bytes=self._s.peak, by_category=self._categorise(self._s.snapshot),
                               peak_phase=self._s.snapshot_phase, step_peaks=tuple(self._step_peaks),
-                              timeline=tuple((i, b, ph) for i, (b, ph) in enumerate(timeline)))
+                              timeline=tuple((i, b, ph) for i, (b, ph) in enumerate(timeline)),
+                              events=tuple(self._events))

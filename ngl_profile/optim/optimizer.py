@@ -19,8 +19,9 @@ from ngl_profile.optim import natural
 from ngl_profile.optim.backoff import BackoffWatch, total_backoffs
 from ngl_profile.optim.projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
                         projected_shape, resolve_side, rotate)
-from ngl_profile.optim.rules import Adam8bitRule, AdafactorRule, AdamRule
+from ngl_profile.optim.rules import STATE_DTYPES, Adam8bitRule, AdafactorRule, AdamRule
 from ngl_profile.optim.state_keys import category_of, merge
+from ngl_profile.optim.values import has_values
 
 __all__ = ["NaturalGaLoreAdamW", "NaturalGaLoreAdamW8bit", "NaturalGaLoreAdafactor",
            "LOW_RANK_DEFAULTS", "SUBSPACE_POLICIES"]
@@ -90,6 +91,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
         _check(defaults["lr"] >= 0, "lr", defaults["lr"], "≥ 0")
         _check(isinstance(defaults["compile"], bool), "compile", defaults["compile"], "true or false")
         _check(defaults["weight_decay"] >= 0, "weight_decay", defaults["weight_decay"], "≥ 0")
+        # a name, not a torch.dtype: it survives torch.load(weights_only=True)
+        _check(defaults["state_dtype"] in (None, *STATE_DTYPES), "state_dtype", defaults["state_dtype"],
+               f"None or one of {', '.join(STATE_DTYPES)}")
         self._rank_warned = False
         # warns once if a window's solve needed a larger damping than asked (backoff.py says how,
         # and what it costs); a LayerwiseOptimizer gives its inner optimizers one shared watch
@@ -125,7 +129,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if self._check_whole_step(live):
             # on a GPU every host read stalls the launch queue: one read for the whole step (one
             # extra pass over the gradients, cheap at HBM bandwidth) instead of one per parameter
-            verdicts = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite().tolist()
+            finite = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite()
+            # shape-only tensors (an estimate) hold no verdict to read: assume finite, as all_finite does
+            verdicts = finite.tolist() if has_values(finite) else [True] * len(live)
         waiting = []  # pushed into their windows, waiting for the batched solve
         for (p, group), finite in zip(live, verdicts):
             pushed = self._begin(p, group, finite)
@@ -256,11 +262,11 @@ class NaturalGaLoreAdamW(_NaturalGaLore):
     rule = AdamRule()
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, compile: bool = True):
+                 weight_decay: float = 0.0, compile: bool = True, state_dtype: str | None = None):
         _check(all(0 <= b < 1 for b in betas), "betas", betas, "in [0, 1)")
         _check(eps >= 0, "eps", eps, "≥ 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      compile=compile))
+                                      compile=compile, state_dtype=state_dtype))
 
 
 class NaturalGaLoreAdamW8bit(NaturalGaLoreAdamW):
@@ -276,8 +282,9 @@ class NaturalGaLoreAdafactor(_NaturalGaLore):
 
     def __init__(self, params, lr: float = 1e-2, beta1: float | None = None, decay_rate: float = -0.8,
                  clip_threshold: float = 1.0, eps: float = 1e-30, weight_decay: float = 0.0,
-                 compile: bool = True):
+                 compile: bool = True, state_dtype: str | None = None):
         _check(beta1 is None or 0 <= beta1 < 1, "beta1", beta1, "None or in [0, 1)")
         _check(decay_rate < 0, "decay_rate", decay_rate, "< 0")
         super().__init__(params, dict(lr=lr, beta1=beta1, decay_rate=decay_rate, clip_threshold=clip_threshold,
-                                      eps=eps, weight_decay=weight_decay, compile=compile))
+                                      eps=eps, weight_decay=weight_decay, compile=compile,
+                                      state_dtype=state_dtype))

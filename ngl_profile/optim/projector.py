@@ -122,8 +122,8 @@ def add_projected_back(p: torch.Tensor, low: torch.Tensor, basis: Basis, side: s
         p.addmm_(basis[0], low.to(p.dtype), alpha=alpha)
     elif side == "right":
         p.addmm_(low.to(p.dtype), basis[0], alpha=alpha)
-    else:
-        p.add_(project_back(low, basis, side), alpha=alpha)
+    else:  # 8-bit moments hand back a float32 update, like the one-sided branches' .to()
+        p.add_(project_back(low.to(p.dtype), basis, side), alpha=alpha)
 
 
 def rotate(low: torch.Tensor, old: Basis, new: Basis, side: str) -> torch.Tensor:

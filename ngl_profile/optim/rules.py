@@ -15,7 +15,14 @@ import torch
 
 from ngl_profile.optim.values import real_constants
 
-__all__ = ["AdamRule", "Adam8bitRule", "AdafactorRule"]
+__all__ = ["AdamRule", "Adam8bitRule", "AdafactorRule", "STATE_DTYPES", "moment_dtype"]
+
+STATE_DTYPES = {"float32": torch.float32}
+"""a group's "state_dtype": moments in this dtype whatever g's (absent: g's own dtype)"""
+
+
+def moment_dtype(group: dict, g: torch.Tensor) -> torch.dtype:
+    return STATE_DTYPES.get(group.get("state_dtype"), g.dtype)
 
 
 class AdamRule:
@@ -24,16 +31,18 @@ class AdamRule:
     state_categories = {"exp_avg": "moments", "exp_avg_sq": "moments"}
 
     def init(self, state: dict, g: torch.Tensor, group: dict) -> None:
-        state["exp_avg"] = torch.zeros_like(g)
-        state["exp_avg_sq"] = torch.zeros_like(g)
+        state["exp_avg"] = torch.zeros_like(g, dtype=moment_dtype(group, g))
+        state["exp_avg_sq"] = torch.zeros_like(g, dtype=moment_dtype(group, g))
 
     def direction(self, state: dict, g: torch.Tensor, group: dict, t: int):
         beta1, beta2 = group["betas"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        out = g.dtype
+        g = g.to(m.dtype)  # no copy unless the moments are wider than g (a g-sized temporary)
         m.mul_(beta1).add_(g, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         n = m / v.sqrt().add_(group["eps"])
-        return n, math.sqrt(1 - beta2**t) / (1 - beta1**t)
+        return n.to(out), math.sqrt(1 - beta2**t) / (1 - beta1**t)
 
     fused_full_update = None
 
@@ -122,7 +131,7 @@ class AdafactorRule:
         else:
             state["exp_avg_sq"] = torch.zeros_like(g, dtype=torch.float32)
         if group.get("beta1"):
-            state["exp_avg"] = torch.zeros_like(g)
+            state["exp_avg"] = torch.zeros_like(g, dtype=moment_dtype(group, g))
 
     def direction(self, state: dict, g: torch.Tensor, group: dict, t: int):
         beta2t = 1.0 - t ** group["decay_rate"]

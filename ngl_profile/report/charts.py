@@ -5,14 +5,14 @@ path (or None). Tests inspect the figures; the report saves them.
 
 Colours are fixed per category (Okabe–Ito, colour-blind safe); the history buffer is vermillion
 with a hatch so it stands apart in print and in greyscale. The step's timeline lives in
-report/timeline.py.
+report/timeline.py. Sizes are in binary units (GiB) or decimal ones (GB), `units=`, as in the tables.
 """
 from __future__ import annotations
 
 import textwrap
 from pathlib import Path
 
-from ngl_profile.report.tables import provenance_line, title_line, unit_for
+from ngl_profile.report.tables import human_bytes, provenance_line, title_line, unit_for, unit_note
 from ngl_profile.schema.categories import CATEGORIES, TRACKED
 from ngl_profile.schema.results import RunResult
 
@@ -25,7 +25,6 @@ COLORS = {"weights": "#0072B2", "grads": "#56B4E9", "moments": "#009E73", "quant
           "allocator_slack": "#DDDDDD", "context": "#444444"}
 HATCH = {"history": "///"}
 CAPACITY = "#CC0000"
-GiB = 1 << 30
 
 
 def plt():
@@ -61,34 +60,24 @@ def fit_text(text: str, fig_width_in: float, fontsize: float) -> str:
     return "\n".join(wrap(line, chars) for line in text.split("\n"))
 
 
-def human_bytes(n: float, decimals: int | None = None) -> str:
-    """`n` bytes in the largest binary unit it fills: two decimals below 100 (as the tables show
-    sizes), one below 1000, none above; `decimals` fixes the count (0 for axis ticks)."""
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(n) >= scale:
-            v = n / scale
-            d = decimals if decimals is not None else 2 if abs(v) < 100 else 1 if abs(v) < 1000 else 0
-            return f"{v:,.{d}f} {unit}"
-    return f"{n:,.0f} B"
-
-
 def capacity_shown(run: RunResult, top: float) -> bool:
     """Draw the card's memory as a line only when it is on a readable scale: at most 4× the largest
     value drawn (`top`, bytes); a 24 GiB line over a 1 MiB model would flatten every bar."""
     return run.gpu["memory_bytes"] <= 4 * top
 
 
-def off_scale(run: RunResult, top: float) -> str:
+def off_scale(run: RunResult, top: float, units: str = "GiB") -> str:
     cap = run.gpu["memory_bytes"]
-    return f"{run.gpu['name']}'s {cap / GiB:,.0f} GiB is off this scale ({cap / max(top, 1):,.0f}× the largest peak)"
+    return (f"{run.gpu['name']}'s {human_bytes(cap, units)} is off this scale "
+            f"({cap / max(top, 1):,.0f}× the largest peak)")
 
 
 def _temporaries_label(run: RunResult) -> str:
     return "temporaries\n(incl. recomputed\nactivations)" if run.scenario.get("checkpointing") else "temporaries"
 
 
-def memory_breakdown_figure(run: RunResult):
-    unit, scale = unit_for(run)
+def memory_breakdown_figure(run: RunResult, units: str = "GiB"):
+    unit, scale = unit_for(run, units)
     cases = run.cases
     width = max(7.5, 1.6 * len(cases) + 3)
     fig, ax = plt().subplots(figsize=(width, 6.2), layout="constrained")
@@ -104,7 +93,7 @@ def memory_breakdown_figure(run: RunResult):
         bottoms = [b + v for b, v in zip(bottoms, vals)]
     top = max(bottoms + [0]) * scale
     cap = run.gpu["memory_bytes"] / scale
-    subtitle = provenance_line(run)
+    subtitle = provenance_line(run, units)
     if capacity_shown(run, top):
         ax.axhline(cap, color=CAPACITY, linestyle="--", linewidth=1.4)
         # inside the axes, right-aligned: it can never run into the legend beside them
@@ -112,11 +101,12 @@ def memory_breakdown_figure(run: RunResult):
                 fontsize=9, transform=ax.get_yaxis_transform(), gid="capacity-label",
                 bbox=dict(facecolor="white", edgecolor="none", pad=0.5, alpha=0.8))
     else:
-        subtitle += f"\n{off_scale(run, top)}"
+        subtitle += f"\n{off_scale(run, top, units)}"
     for x, c, total in zip(xs, cases, bottoms):
         if c.status == "ok":
             # boxed, so a total that lands on the capacity line stays readable
-            ax.text(x, total, f"{total:,.1f}" if unit == "GiB" else f"{total:,.2f}", ha="center", va="bottom",
+            shown = f"{total:,.1f} {unit}" if unit in ("GiB", "GB") else f"{total:,.2f} {unit}"
+            ax.text(x, total, shown, ha="center", va="bottom",
                     fontsize=9, bbox=dict(facecolor="white", edgecolor="none", pad=1.0, alpha=0.85))
         else:
             ax.text(x, total, "OOM" if c.status == "oom" else "error", ha="center", va="bottom", fontsize=10,
@@ -124,7 +114,8 @@ def memory_breakdown_figure(run: RunResult):
     ax.set_xticks(list(xs), [wrap(c.label) for c in cases], fontsize=8.5)
     ax.set_ylabel(f"{unit} at the step's peak")
     ax.set_ylim(0, max(bottoms + [cap if capacity_shown(run, top) else 0]) * 1.12 or 1)
-    fig.suptitle(fit_text(f"Memory at the peak — {title_line(run)}", width, 10.5), fontsize=10.5)
+    head = f"Memory at the step's peak, in {unit_note(unit)} — {title_line(run)}"
+    fig.suptitle(fit_text(head, width, 10.5), fontsize=10.5)
     ax.set_title(fit_text(subtitle, width * 0.75, 8.5), fontsize=8.5, color="#333333")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8.5, frameon=False,
               title="category", title_fontsize=9)
@@ -132,8 +123,8 @@ def memory_breakdown_figure(run: RunResult):
     return _laid_out(fig)
 
 
-def memory_breakdown(run: RunResult, path: Path) -> Path:
-    return _save(memory_breakdown_figure(run), path)
+def memory_breakdown(run: RunResult, path: Path, units: str = "GiB") -> Path:
+    return _save(memory_breakdown_figure(run, units), path)
 
 
 def _spread(run: RunResult, c) -> tuple[float, float] | None:
@@ -191,17 +182,17 @@ def throughput(run: RunResult, path: Path) -> Path | None:
     return _save(throughput_figure(run), path)
 
 
-def step_timeline_figure(run: RunResult):
+def step_timeline_figure(run: RunResult, units: str = "GiB"):
     from ngl_profile.report.timeline import timeline_figure
 
-    return timeline_figure(run)
+    return timeline_figure(run, units)
 
 
-def step_timeline(run: RunResult, path: Path) -> Path | None:
-    return _save(step_timeline_figure(run), path, 100)
+def step_timeline(run: RunResult, path: Path, units: str = "GiB") -> Path | None:
+    return _save(step_timeline_figure(run, units), path, 100)
 
 
-def estimated_vs_measured_figure(estimated: RunResult, measured: RunResult):
+def estimated_vs_measured_figure(estimated: RunResult, measured: RunResult, units: str = "GiB"):
     """Per case and category, the estimate (hatched) beside the measurement (coloured), on a log
     scale so that a few KiB of quantisation statistics show beside GiB of weights, each pair with
     its numbers."""
@@ -214,7 +205,9 @@ def estimated_vs_measured_figure(estimated: RunResult, measured: RunResult):
     cats = [c for c in TRACKED if any(e.memory_bytes[c] or m.memory_bytes[c] for e, m in pairs)]
     values = [v for e, m in pairs for c in cats for v in (e.memory_bytes[c], m.memory_bytes[c]) if v > 0]
     lo, hi = min(values) / 3, max(values) * 25  # room on the right for the numbers
-    ticks = [m * 1024 ** k for k in range(5) for m in (1, 32) if lo <= m * 1024 ** k <= hi]
+    # ticks at whole units of the family: 1 and 32 KiB, MiB, GiB; or 1, 10 and 100 kB, MB, GB
+    base, steps = (1024, (1, 32)) if units == "GiB" else (1000, (1, 10, 100))
+    ticks = [m * base ** k for k in range(5) for m in steps if lo <= m * base ** k <= hi]
     cols = min(2, len(pairs))
     rows = -(-len(pairs) // cols)
     width = 5.6 * cols + 0.6
@@ -231,15 +224,15 @@ def estimated_vs_measured_figure(estimated: RunResult, measured: RunResult):
         ax.barh([y - 0.2 for y in ys], mv, height=0.4, color=[COLORS[c] for c in cats], label="measured")
         for y, a, b in zip(ys, ev, mv):
             if a == b:
-                text = "both 0" if a == 0 else f"= {human_bytes(a)}"
+                text = "both 0" if a == 0 else f"= {human_bytes(a, units)}"
             else:
-                text = f"est {human_bytes(a)} / meas {human_bytes(b)}"
+                text = f"est {human_bytes(a, units)} / meas {human_bytes(b, units)}"
             ax.text(max(a, b, lo) * 1.25, y, text, va="center", fontsize=7, gid="value")
         ax.set_xscale("log")
         ax.set_xlim(lo, hi)
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v, 0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v, units, 0)))
         ax.set_yticks(list(ys), [c.replace("_", " ") for c in cats], fontsize=8)
         ax.invert_yaxis()
         ax.set_title(wrap(e.label, 40), fontsize=8.5)
@@ -248,12 +241,18 @@ def estimated_vs_measured_figure(estimated: RunResult, measured: RunResult):
                frameon=False)
     where = measured.environment.get("device_name") or measured.device
     fig.suptitle(fit_text(f"Estimated (hatched) vs measured (coloured) on {where} — {title_line(measured)}\n"
-                          "bytes at the step's peak, log scale", width, 9.5), fontsize=9.5)
+                          f"sizes at the step's peak in {_family(units)}, log scale", width, 9.5), fontsize=9.5)
     return _laid_out(fig)
 
 
-def estimated_vs_measured(estimated: RunResult, measured: RunResult, path: Path) -> Path | None:
-    return _save(estimated_vs_measured_figure(estimated, measured), path, 100)
+def _family(units: str) -> str:
+    return "KiB, MiB, GiB (binary: 2¹⁰, 2²⁰, 2³⁰ bytes)" if units == "GiB" else \
+        "kB, MB, GB (decimal: 10³, 10⁶, 10⁹ bytes)"
+
+
+def estimated_vs_measured(estimated: RunResult, measured: RunResult, path: Path,
+                          units: str = "GiB") -> Path | None:
+    return _save(estimated_vs_measured_figure(estimated, measured, units), path, 100)
 
 
 def size_sweep_figure(runs: list[RunResult]):

@@ -1,5 +1,7 @@
 """`check` and `compare` on screen: they take the finished records of analysis/regress.py
-(a CheckOutcome, a Comparison) and print them — rich tables for the terminal, Markdown with --md."""
+(a CheckOutcome, a Comparison) and print them — rich tables for the terminal, Markdown with --md.
+A timed figure whose run records its spread reads "median ±h": h is half its interquartile range over
+the timed steps (asv's way of showing a timing)."""
 from __future__ import annotations
 
 import sys
@@ -8,11 +10,14 @@ from rich.markup import escape
 
 from ngl_profile.analysis.compare import Comparison
 from ngl_profile.analysis.regress import CheckOutcome, Row, fmt_value
-from ngl_profile.schema.thresholds import MiB
-
-GiB = 1 << 30
+from ngl_profile.analysis.spread import half_width
+from ngl_profile.zoo.gpus import GB, MB, GiB, MiB
 
 __all__ = ["check_table", "print_check", "comparison_cells", "comparison_table", "print_comparison"]
+
+SPREAD_LEGEND = "±: half the interquartile range over the timed steps"
+CHECK_RULE = ("speed with a ± on both sides is judged by the IQRs too: a slowdown past the limit fails only "
+              "where the current IQR lies beyond the baseline's by more than the limit")
 
 
 def _limit(r: Row) -> str:
@@ -47,13 +52,26 @@ def _sectioned(rows, headers: list[str], *, groups=None, narrow=None, title: str
                        caption=caption, lead_styles=tuple(styles), sections=frozenset(sections))
 
 
-def _shown(metric: str, v) -> str:
+def _pm(metric: str, band) -> str:
+    """" ±h" for a band (h = half its width, in the value's unit, shown once), "" for none."""
+    if band is None or metric.startswith("memory."):
+        return ""
+    h = half_width(band)
+    if metric.endswith("ratio"):
+        return f" ±{h:.3f}"
+    if metric == "tokens_per_s":
+        return f" ±{h:,.0f}"
+    return f" ±{h * 1e3:,.3f}"
+
+
+def _shown(metric: str, v, band=None) -> str:
     # the metric's name already says tokens_per_s: the unit again would only widen the column
-    return escape(fmt_value(metric, v).removesuffix(" tokens/s"))
+    return escape(fmt_value(metric, v).removesuffix(" tokens/s") + (_pm(metric, band) if v is not None else ""))
 
 
 def check_table(outcome: CheckOutcome):
-    rows = [(r.case, r.metric, _shown(r.metric, r.baseline), _shown(r.metric, r.current), _limit(r),
+    rows = [(r.case, r.metric, _shown(r.metric, r.baseline, r.baseline_band),
+             _shown(r.metric, r.current, r.current_band), _limit(r),
              "[red]REGRESSED[/]" if r.regressed else "ok") for r in outcome.verdict.rows]
     return _sectioned(rows, ["baseline", "current", "limit", "verdict"],
                       title=escape(f"check {outcome.results} against {outcome.baseline}"))
@@ -69,6 +87,8 @@ def print_check(outcome: CheckOutcome, console) -> None:
     v = outcome.verdict
     console.print(check_table(outcome))
     console.print(f"limits from {escape(outcome.thresholds_from)}")
+    if any(r.baseline_band and r.current_band for r in v.rows):
+        console.print(f"{SPREAD_LEGEND}; {CHECK_RULE}")
     for note in v.notes:
         console.print(f"[yellow]note:[/] {escape(note)}")
     if v.problems:
@@ -79,25 +99,29 @@ def print_check(outcome: CheckOutcome, console) -> None:
         console.print("[green]no regression[/]")
 
 
-def _unit(metric: str, values) -> tuple[str, int, int]:
+def _unit(metric: str, values, units: str = "GiB") -> tuple[str, int, int]:
     """A memory row's unit (name, bytes, decimals): the largest in which every non-zero value of the
     row is at least 1 — GiB for a 7B's weights, MiB beside a 40 MiB history — so one row reads in one
     unit and its deltas in the same."""
     nonzero = [abs(v) for v in values if v]
-    if nonzero and min(nonzero) >= GiB:
-        return "GiB", GiB, 2
-    return "MiB", MiB, 1
+    binary = units == "GiB"
+    (big, big_scale), (small, small_scale) = (("GiB", GiB), ("MiB", MiB)) if binary else (("GB", GB), ("MB", MB))
+    if nonzero and min(nonzero) >= big_scale:
+        return big, big_scale, 2
+    return small, small_scale, 1
 
 
-def _cell(metric: str, v, unit=("MiB", MiB, 1)) -> str:
+def _cell(metric: str, v, unit=("MiB", MiB, 1), band=None) -> str:
     if v is None:
         return "—"
     if metric.startswith("memory."):
         name, scale, dec = unit
         return f"{v / scale:,.{dec}f} {name}"
     if metric.endswith("ratio"):
-        return f"{v:.3f}"
-    return f"{v:,.0f}"
+        return f"{v:.3f}{_pm(metric, band)}"
+    if metric == "tokens_per_s":
+        return f"{v:,.0f}{_pm(metric, band)}"
+    return f"{v * 1e3:,.3f} ms{_pm(metric, band)}"  # seconds: a step time
 
 
 def _delta(metric: str, a, b, unit=("MiB", MiB, 1)) -> str:
@@ -110,8 +134,10 @@ def _delta(metric: str, a, b, unit=("MiB", MiB, 1)) -> str:
         shown = f"{d / scale:+,.{dec}f} {name}"
     elif metric.endswith("ratio"):
         shown = f"{d:+.3f}"
-    else:
+    elif metric == "tokens_per_s":
         shown = f"{d:+,.0f}"
+    else:
+        shown = f"{d * 1e3:+,.3f} ms"
     if a == 0:  # no percentage of nothing
         return f"{shown} (new)" if b else shown
     rel = d / abs(a)
@@ -120,20 +146,21 @@ def _delta(metric: str, a, b, unit=("MiB", MiB, 1)) -> str:
     return f"{shown} ({rel:+,.1%})"
 
 
-def _cells(r) -> tuple[list[str], list[str]]:
-    """A row's values and its deltas to [0], in the row's one unit."""
-    unit = _unit(r.metric, r.values)
-    return ([_cell(r.metric, v, unit) for v in r.values],
+def _cells(r, units: str = "GiB") -> tuple[list[str], list[str]]:
+    """A row's values and its deltas to [0], in the row's one unit (of `units`' family: GiB or GB)."""
+    unit = _unit(r.metric, r.values, units)
+    spreads = r.bands or (None,) * len(r.values)
+    return ([_cell(r.metric, v, unit, band) for v, band in zip(r.values, spreads)],
             [_delta(r.metric, r.values[0], v, unit) for v in r.values[1:]])
 
 
-def comparison_cells(c: Comparison) -> tuple[list[str], list[list[str]]]:
+def comparison_cells(c: Comparison, units: str = "GiB") -> tuple[list[str], list[list[str]]]:
     """Header and rows of strings: optimizer, metric, each run's value, then each run's delta to [0]."""
     n = len(c.names)
     head = ["optimizer", "metric"] + [f"[{i}]" for i in range(n)] + [f"Δ[{i}]" for i in range(1, n)]
     rows = []
     for r in c.rows:
-        values, deltas = _cells(r)
+        values, deltas = _cells(r, units)
         rows.append([r.case, r.metric] + values + deltas)
     return head, rows
 
@@ -143,7 +170,7 @@ def _match_lines(c: Comparison) -> list[str]:
     return [f"{m.case} compared with " + "; ".join(m.differences) for m in c.matches if m.differences]
 
 
-def comparison_table(c: Comparison):
+def comparison_table(c: Comparison, units: str = "GiB"):
     """The terminal form: one section per case (its name, then a row per metric), each run's value and
     its delta to [0]; at 80 columns the percentage gets a column of its own and report/fitted.py spreads
     the runs over several tables if need be, so that nothing is cut."""
@@ -152,7 +179,7 @@ def comparison_table(c: Comparison):
     n = len(c.names)
     rows = []
     for r in c.rows:
-        values, deltas = _cells(r)
+        values, deltas = _cells(r, units)
         rows.append((r.case, r.metric, *(escape(v) for v in values), *(escape(d) for d in deltas)))
     headers = [f"[{i}]" for i in range(n)] + [f"Δ[{i}]" for i in range(1, n)]
     groups = list(range(n)) + list(range(1, n))  # each run's value beside its delta
@@ -168,13 +195,18 @@ def comparison_table(c: Comparison):
     rows = [(r[0], r[1], *(r[2 + k] for k in order)) for r in rows]
     headers, groups = [headers[k] for k in order], [groups[k] for k in order]
     narrow = [split(groups[j]) if headers[j].startswith("Δ") else None for j in range(len(headers))]
+    return _sectioned(rows, headers, groups=groups, narrow=narrow, caption=escape(_legend(c)))
+
+
+def _legend(c: Comparison) -> str:
     legend = "; ".join(f"[{i}] {name}" for i, name in enumerate(c.names))
-    return _sectioned(rows, headers, groups=groups, narrow=narrow, caption=escape(legend))
+    spread = any(b is not None for r in c.rows for b in r.bands)
+    return legend + (f"\n{SPREAD_LEGEND}; Δ: of the medians" if spread else "")
 
 
-def print_comparison(c: Comparison, markdown: bool, console) -> None:
-    head, rows = comparison_cells(c)
-    legend = "; ".join(f"[{i}] {n}" for i, n in enumerate(c.names))
+def print_comparison(c: Comparison, markdown: bool, console, units: str = "GiB") -> None:
+    head, rows = comparison_cells(c, units)
+    legend = _legend(c)
     matched = _match_lines(c)
     if markdown:
         from ngl_profile.report.tables import markdown_table
@@ -185,6 +217,6 @@ def print_comparison(c: Comparison, markdown: bool, console) -> None:
         return
     for w in c.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}")
-    console.print(comparison_table(c))
+    console.print(comparison_table(c, units))
     for m in matched:
         console.print(f"[cyan]settings differ:[/] {escape(m)}")

@@ -2,8 +2,9 @@
 finished runs. Rendering only: every figure here comes from the results files.
 
 Both documents are written from one list of sections, so the HTML says everything report.md says
-(the run's batch × seq × dtype, the environment, the roofline note, failures) and adds only styling:
-rows that do not fit and negative headroom are highlighted.
+(the run's batch × seq × dtype, the precision recipe and attention modelled, each row's code path,
+the environment, the roofline note, failures) and adds only styling: rows that do not fit and
+negative headroom are highlighted. Sizes are in binary units (GiB) or decimal ones (GB), `units=`.
 """
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ngl_profile.report import charts
-from ngl_profile.report.tables import checkpointing_note, markdown_table, provenance_line, row_state, summary_rows
+from ngl_profile.report.tables import (check_units, checkpointing_note, code_paths, markdown_table, provenance_line,
+                                       recipe_note, row_state, size_unit, summary_rows, unit_for, unit_note)
 from ngl_profile.schema.results import RunResult, cases_frame, memory_frame
 from ngl_profile.schema.scenario import safe_name
 
 __all__ = ["render_report", "Section", "sections"]
 
-_CHARTS = (("Memory at the step's peak, by category", charts.memory_breakdown),
-           ("Throughput (measured)", charts.throughput),
-           ("Tensor memory over one steady step", charts.step_timeline))
+# (caption, chart, whether it draws sizes and so takes the units)
+_CHARTS = (("Memory at the step's peak, by category", charts.memory_breakdown, True),
+           ("Throughput (measured)", charts.throughput, False),
+           ("Tensor memory over one steady step", charts.step_timeline, True))
+_CODE_PATHS = "Code path of each row (the optimizer implementation whose allocations were counted):"
 
 
 @dataclass(kw_only=True)
@@ -36,6 +40,8 @@ class Section:
     """per row: "ok", "too big", "oom" or "error" (tables.row_state)"""
     notes: list[str] = field(default_factory=list)
     """failures, the roofline projection's assumptions"""
+    code_paths: list[tuple[str, str]] = field(default_factory=list)
+    """(row label, the optimizer implementation whose allocations it counted)"""
     environment: str = ""
     charts: list[tuple[str, Path]] = field(default_factory=list)
 
@@ -56,6 +62,9 @@ def _notes(run: RunResult) -> list[str]:
     steps = sorted({int(c.step_time_s.get("steps") or 0) for c in run.cases if c.tokens_per_s})
     if steps:
         notes.append(f"tokens/s: the median of {'/'.join(map(str, steps))} timed steps")
+    if "bf16_tflops" in run.gpu and run.gpu["bf16_tflops"] is None and run.mode == "estimated":
+        notes.append(f"tokens/s n/a: {run.gpu['name']} is a memory size only, with no datasheet TFLOP/s or "
+                     "bandwidth to project a speed from (name a card from `ngl-profile list gpus` for one)")
     projected = [c for c in run.cases if c.projected]
     assumptions = {c.projected["assumptions"] for c in projected}
     if len(assumptions) == 1:
@@ -73,25 +82,40 @@ def _environment(run: RunResult) -> str:
             f"{env.get('driver')}, ngl-profile commit {env.get('commit')}, created {run.created_utc}.")
 
 
-def sections(runs: list[RunResult], out: Path) -> list[Section]:
-    """Draw the charts into `out` and describe every run; cross-run charts come last."""
+def _units_used(run: RunResult, units: str) -> str:
+    """"MiB (2²⁰ bytes) and GiB (2³⁰ bytes)": the units of a run's size columns."""
+    used = dict.fromkeys((unit_for(run, units)[0], size_unit((c.headroom_bytes for c in run.cases), units)[0]))
+    return " and ".join(unit_note(u) for u in used)
+
+
+def _capital(text: str) -> str:
+    return text[0].upper() + text[1:]
+
+
+def sections(runs: list[RunResult], out: Path, units: str = "GiB") -> list[Section]:
+    """Draw the charts into `out` and describe every run; cross-run charts come last. `units`: "GiB"
+    (binary sizes) or "GB" (decimal)."""
+    check_units(units)
     many = len(runs) > 1
     made = []
     for run, heading in zip(runs, _headings(runs)):
         s = run.scenario
-        head, rows = summary_rows(run)
-        about = [f"{provenance_line(run)}.",
-                 "Memory at the step's peak, in the unit each column's header names; batch "
+        head, rows = summary_rows(run, units)
+        about = [f"{provenance_line(run, units)}.",
+                 f"Memory at the step's peak, in {_units_used(run, units)} as each column's header names; batch "
                  f"{s['batch_size']} × sequence {s['seq_len']}, {s['dtype']}"
                  f"{', activation checkpointing' if s.get('checkpointing') else ''}."]
+        if recipe_note(run):
+            about.append(f"Modelled: {recipe_note(run)}.")
         if checkpointing_note(run):
-            about.append(checkpointing_note(run)[0].upper() + checkpointing_note(run)[1:] + ".")
+            about.append(_capital(checkpointing_note(run)) + ".")
         sec = Section(heading=heading, about=about, head=head, rows=rows, states=[row_state(c) for c in run.cases],
-                      notes=_notes(run), environment=_environment(run))
+                      notes=_notes(run), code_paths=code_paths(run), environment=_environment(run))
         # a results file may come from anywhere: its scenario name is not trusted as a path
         prefix = f"{safe_name(s['name'])}-{run.mode}-" if many else ""
-        for caption, fn in _CHARTS:
-            p = fn(run, out / f"{prefix}{fn.__name__}.png")
+        for caption, fn, sized in _CHARTS:
+            path = out / f"{prefix}{fn.__name__}.png"
+            p = fn(run, path, units) if sized else fn(run, path)
             if p is not None:
                 sec.charts.append((caption, p))
         made.append(sec)
@@ -102,7 +126,7 @@ def sections(runs: list[RunResult], out: Path) -> list[Section]:
     for name, modes in by_scenario.items():
         if {"estimated", "measured"} <= set(modes):
             p = charts.estimated_vs_measured(modes["estimated"], modes["measured"],
-                                             out / f"{safe_name(name)}-estimated_vs_measured.png")
+                                             out / f"{safe_name(name)}-estimated_vs_measured.png", units)
             if p is not None:
                 across.charts.append((f"Estimated vs measured: {name}", p))
     p = charts.size_sweep(runs, out / "size_sweep.png")
@@ -124,6 +148,8 @@ def _markdown(secs: list[Section]) -> str:
             md += [f"*{sec.about[0]}* " + " ".join(sec.about[1:]), ""]
         if sec.head:
             md += [markdown_table(sec.head, sec.rows), ""]
+        if sec.code_paths:
+            md += [_CODE_PATHS, ""] + [f"- **{label}**: {path}" for label, path in sec.code_paths] + [""]
         md += [f"- {n}" for n in sec.notes] + ([""] if sec.notes else [])
         if sec.environment:
             md += [sec.environment, ""]
@@ -165,6 +191,10 @@ def _html(secs: list[Section]) -> str:
                          else f"<td>{html.escape(str(x))}</td>" for i, x in enumerate(row)]
                 parts.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
             parts.append("</table></div>")
+        if sec.code_paths:
+            parts.append(f"<p class='notes'>{html.escape(_CODE_PATHS)}</p><ul class='notes'>"
+                         + "".join(f"<li><b>{html.escape(label)}</b>: {html.escape(path)}</li>"
+                                   for label, path in sec.code_paths) + "</ul>")
         if sec.notes:
             parts.append("<ul class='notes'>" + "".join(f"<li>{_inline(n)}</li>" for n in sec.notes) + "</ul>")
         if sec.environment:
@@ -178,10 +208,10 @@ def _html(secs: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def render_report(runs: list[RunResult], out: Path) -> list[Path]:
+def render_report(runs: list[RunResult], out: Path, units: str = "GiB") -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    secs = sections(runs, out)
+    secs = sections(runs, out, units)
     (out / "report.md").write_text(_markdown(secs))
     (out / "report.html").write_text(_html(secs))
     import pandas as pd

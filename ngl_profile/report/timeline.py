@@ -8,7 +8,7 @@ how long it takes; for measured runs each panel's title gives the phases' median
 from __future__ import annotations
 
 from ngl_profile.report.charts import CAPACITY, capacity_shown, fit_text, off_scale, plt
-from ngl_profile.report.tables import title_line, unit_for
+from ngl_profile.report.tables import title_line, unit_for, unit_note
 from ngl_profile.schema.results import RunResult
 
 __all__ = ["PHASE_COLORS", "timeline_figure"]
@@ -35,14 +35,15 @@ def _shade(ax, idx, phases) -> None:
             start = i
 
 
-def timeline_figure(run: RunResult):
+def timeline_figure(run: RunResult, units: str = "GiB"):
+    """`units`: "GiB" (binary) or "GB" (decimal), as in the tables."""
     cases = [c for c in run.cases if c.timeline]
     if not cases:
         return None
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    unit, scale = unit_for(run)
+    unit, scale = unit_for(run, units)
     n = len(cases)
     cols = 2 if n > 1 else 1
     rows = -(-n // cols)
@@ -71,8 +72,8 @@ def timeline_figure(run: RunResult):
     if show_cap:
         handles.append(Line2D([], [], color=CAPACITY, linestyle="--", label=f"{run.gpu['name']}: {cap:,.1f} {unit}"))
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False, ncol=len(handles))
-    head = f"Tensor memory over one steady step ({run.mode}) — {title_line(run)}"
-    note = "" if show_cap else f"\n{off_scale(run, top)}"
+    head = f"Tensor memory over one steady step ({run.mode}), in {unit_note(unit)} — {title_line(run)}"
+    note = "" if show_cap else f"\n{off_scale(run, top, units)}"
     fig.suptitle(fit_text(head + note, width, 10), fontsize=10)
     fig.draw_without_rendering()  # runs the layout: positions are final (tests read them)
     return fig

@@ -17,7 +17,9 @@ from ngl_profile.schema.categories import CATEGORIES
 __all__ = ["SCHEMA_VERSION", "CaseResult", "RunResult", "ResultsError", "write_json_atomic",
            "load_results", "cases_frame", "memory_frame"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# 2: step_time_stats and tokens_per_s_stats, the spread of the timed steps (a version-1 file has none:
+#    its speed is judged on medians alone)
 
 
 class ResultsError(ValueError):
@@ -40,6 +42,11 @@ class CaseResult:
     headroom_bytes: int | None = None
     tokens_per_s: float | None = None
     step_time_s: dict = field(default_factory=dict)
+    step_time_stats: dict = field(default_factory=dict)
+    """phase (forward, backward, optimizer, total) → the statistics of its seconds over the timed steps:
+    rounds, median, q1, q3, iqr, min, max, mean, stddev (measure/timing.py); step_time_s holds the medians"""
+    tokens_per_s_stats: dict | None = None
+    """the same statistics of tokens/s; its median is tokens_per_s"""
     mfu: float | None = None
     flops_per_token: float | None = None
     """model FLOPs per token, 3 × forward (the MFU convention)"""
@@ -53,12 +60,15 @@ class CaseResult:
     timeline: list = field(default_factory=list)
     """[[event, live bytes, phase], ...] over one tracked step"""
     cuda: dict = field(default_factory=dict)
-    """allocator figures (max allocated/reserved, cap) on CUDA"""
+    """allocator figures: max allocated/reserved and cap on CUDA; elsewhere the simulated ones, with their source"""
     params: dict = field(default_factory=dict)
     """parameter counts: total, trainable, low_rank"""
     duration_s: float | None = None
     skipped_updates: int = 0
     """parameter updates the optimizer skipped for non-finite gradients"""
+    code_path: str = ""
+    """the optimizer implementation whose allocations were counted, e.g. "torch AdamW, foreach (CUDA
+    default)": the same optimizer allocates differently on different code paths"""
     damping_backoffs: int = 0
     """damping tiers Natural GaLore's solves climbed, summed: 1 for a solve made at 1e3·λ because the
     Cholesky failed at λ, 2 at 1e6·λ, 3 where none factored; 0 when every solve used the λ asked for"""
@@ -119,6 +129,8 @@ def _upgrade(d: dict) -> dict:
         raise ResultsError(f"schema_version {version} is newer than this ngl-profile understands "
                            f"({SCHEMA_VERSION}); upgrade ngl-profile")
     d = dict(d)
+    # 1 → 2 added the timing statistics: a version-1 case has none, which its readers take as its
+    # spread being unknown, not as no spread
     if isinstance(d.get("cases"), list):
         d["cases"] = [_upgrade_case(c) for c in d["cases"]]
     return d
@@ -223,6 +235,13 @@ def _object(of=_any, *, optional: bool = False):
     return check
 
 
+def _optional(of):
+    def check(v, path):
+        if v is not None:
+            of(v, path)
+    return check
+
+
 def _record(fields: dict, required: tuple = (), *, optional: bool = False):
     """An object with known keys (checked when present; `required` ones must be); others are ignored."""
     def check(v, path):
@@ -248,6 +267,25 @@ def _thresholds_table(v, path):
         raise ResultsError(str(e)) from None
 
 
+_STAT_ORDER = ("min", "q1", "median", "q3", "max")
+
+
+def _stats(v, path):
+    """pytest-benchmark's statistics of one timed figure, in order: min ≤ q1 ≤ median ≤ q3 ≤ max."""
+    _record({"rounds": _number(1, integer=True), **{k: _number(0) for k in _STAT_ORDER + ("iqr", "mean", "stddev")}},
+            required=("rounds",) + _STAT_ORDER)(v, path)
+    values = [v[k] for k in _STAT_ORDER]
+    if values != sorted(values):
+        _fail(path, "statistics with min ≤ q1 ≤ median ≤ q3 ≤ max", v)
+
+
+def _allocator_figures(v, path):
+    """Numbers (or null), and one line naming where simulated ones came from (allocator_model)."""
+    _object()(v, path)
+    for k, x in v.items():
+        (_string() if k == "allocator_model" else _number(optional=True))(x, _key(path, k))
+
+
 def _timeline_event(v, path):
     if not (isinstance(v, list) and len(v) == 3):
         _fail(path, "[event, live bytes, phase]", v)
@@ -265,6 +303,7 @@ _CASE = _record({
     "memory_bytes": _object(_BYTES), "peak_bytes": _BYTES, "peak_phase": _string(),
     "fits": _boolean(optional=True), "headroom_bytes": _number(optional=True),
     "tokens_per_s": _number(0, optional=True), "step_time_s": _object(_SECONDS),
+    "step_time_stats": _object(_stats), "tokens_per_s_stats": _optional(_stats),
     "mfu": _number(0, optional=True), "flops_per_token": _number(0, optional=True),
     "step_flops": _number(0, optional=True),
     "projected": _record({"tokens_per_s_upper_bound": _number(0), "gpu": _string(optional=True),
@@ -272,19 +311,22 @@ _CASE = _record({
                          optional=True),
     "nvml": _object(_scalar), "host_rss_peak_bytes": _number(0, optional=True),
     "step_peaks_bytes": _list(_BYTES), "timeline": _list(_timeline_event),
-    "cuda": _object(_number(optional=True)), "params": _object(_COUNT),
-    "duration_s": _SECONDS, "skipped_updates": _COUNT, "damping_backoffs": _COUNT,
+    "cuda": _allocator_figures, "params": _object(_COUNT),
+    "duration_s": _SECONDS, "skipped_updates": _COUNT, "damping_backoffs": _COUNT, "code_path": _string(),
 }, required=("optimizer", "status"))
 _RUN = _record({
     "scenario": _record({"name": _string(nonempty=True), "model": _string(nonempty=True),
                          "seq_len": _number(1, integer=True), "batch_size": _number(1, integer=True),
                          "dtype": _string(nonempty=True), "steps": _number(1, integer=True),
                          "warmup": _COUNT, "checkpointing": _boolean(), "gpu": _string(), "mode": _string(),
+                         "precision": _string(), "attention": _string(), "code_paths": _string(),
                          "lr": _number(), "thresholds": _thresholds_table, "source": _string(),
                          "optimizers": _list(_OPTIMIZER)},
                         required=("name", "model", "seq_len", "batch_size", "dtype")),
-    "gpu": _record({"name": _string(nonempty=True), "memory_bytes": _number(1), "bf16_tflops": _number(0),
-                    "bandwidth_gbs": _number(0), "source": _string()}, required=("name", "memory_bytes")),
+    # a card given only by its memory size (--gpu 20GiB) has no TFLOP/s or bandwidth: null
+    "gpu": _record({"name": _string(nonempty=True), "memory_bytes": _number(1),
+                    "bf16_tflops": _number(0, optional=True), "bandwidth_gbs": _number(0, optional=True),
+                    "source": _string()}, required=("name", "memory_bytes")),
     "mode": _string("measured", "estimated"), "device": _string(nonempty=True),
     "environment": _object(_scalar), "cases": _list(_CASE), "created_utc": _string(),
 }, required=("scenario", "gpu", "mode", "device"))

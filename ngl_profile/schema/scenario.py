@@ -12,11 +12,21 @@ from dataclasses import dataclass, field
 from ngl_profile.schema.thresholds import Thresholds
 from ngl_profile.zoo.gpus import get_gpu
 from ngl_profile.zoo.hparams import is_int, is_number
-from ngl_profile.zoo.models import get_model
+from ngl_profile.zoo.models import ModelSpec, model_record, resolve_model, supports_sdpa
 
-__all__ = ["Scenario", "OptimizerCase", "CaseSpec", "DTYPES", "MODES", "check_name", "safe_name"]
+__all__ = ["Scenario", "OptimizerCase", "CaseSpec", "DTYPES", "MODES", "PRECISIONS", "ATTENTIONS",
+           "check_name", "safe_name"]
 
 DTYPES = ("bfloat16", "float32")
+# precision recipe → the parameters' dtype. What each recipe holds in which dtype:
+#   bf16             weights, grads, activations and optimizer state in bfloat16 (GaLore's 7B run)
+#   fp32             everything in float32
+#   mixed-bf16       float32 weights (the master copy), grads and state; forward under bf16 autocast
+#   bf16-fp32-state  bfloat16 weights, grads and activations; optimizer moments in float32
+PRECISIONS = {"bf16": "bfloat16", "fp32": "float32", "mixed-bf16": "float32", "bf16-fp32-state": "bfloat16"}
+# transformers' attn_implementation names; flash_attention_2 is modelled as SDPA's flash kernel
+# (the same saved tensors: output and log-sum-exp), since the flash-attn package is CUDA-only
+ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 MODES = ("auto", "measured", "estimated")
 # a scenario name becomes a directory and file prefix: letters, digits and . _ + - only, no "..",
 # so no name can write outside the output folder
@@ -75,7 +85,7 @@ class OptimizerCase:
         if "lr" in spec.hparams:
             hp.setdefault("lr", scn.lr)
         if spec.low_rank:
-            hp.setdefault("rank", get_model(scn.model).default_rank)
+            hp.setdefault("rank", scn.model_spec.default_rank)
         return hp
 
     def to_dict(self) -> dict:
@@ -87,13 +97,18 @@ class Scenario:
     name: str
     """scenario name, used in output paths"""
     model: str
-    """model from the zoo (`ngl-profile list models`)"""
+    """the model's name. Given as: a zoo preset (`ngl-profile list models`), a config.json or a
+    directory holding one, a hub id whose config is in the local Hugging Face cache, or a table
+    (architecture + config keys; see zoo/models.py resolve_model) — resolved into model_config"""
+    model_config: dict | None = None
+    """the model as run (zoo/configs.py ModelSpec record: architecture, config keys, default rank,
+    source); filled in from `model`, and what a case process rebuilds the model from"""
     seq_len: int = 256
     """tokens per sequence (the paper's pre-training setting is 256)"""
     batch_size: int = 1
     """sequences per step"""
-    dtype: str = "bfloat16"
-    """weights, activations and gradients: bfloat16 or float32"""
+    dtype: str = ""
+    """the parameters' dtype, bfloat16 or float32 (default: the one `precision` implies)"""
     steps: int = 6
     """timed steps after warm-up (measured mode only)"""
     warmup: int = 1
@@ -102,6 +117,13 @@ class Scenario:
     """target GPU from the catalog (`ngl-profile list gpus`)"""
     checkpointing: bool = False
     """activation checkpointing"""
+    precision: str = ""
+    """precision recipe: bf16, fp32, mixed-bf16 or bf16-fp32-state (default: from dtype; bf16)"""
+    attention: str = "sdpa"
+    """attention implementation: sdpa (transformers' default), eager or flash_attention_2"""
+    code_paths: str = "gpu"
+    """the code paths an estimate models: gpu (the target's: foreach AdamW, one finiteness check per
+    step) or cpu (the CPU's, to compare with a CPU measurement); a measured run runs its device's"""
     mode: str = "auto"
     """auto (measured where the device allows, else estimated), measured or estimated"""
     lr: float = 1e-3
@@ -114,16 +136,20 @@ class Scenario:
 
     def __post_init__(self) -> None:
         check_name(self.name)
-        _require(isinstance(self.model, str), "model", self.model, "a model name (see `ngl-profile list models`)")
-        spec = get_model(self.model)
+        spec = self._settle_model()
         for key, (lo, hi) in _LIMITS.items():
             v = getattr(self, key)
             _require(is_int(v) and lo <= v <= hi, key, v, f"an integer in [{lo}, {hi}]")
         if spec.max_seq_len is not None:
             _require(self.seq_len <= spec.max_seq_len, "seq_len", self.seq_len,
                      f"at most {spec.max_seq_len} for {self.model} (its position embeddings)")
-        _require(isinstance(self.dtype, str) and self.dtype in DTYPES, "dtype", self.dtype,
-                 f"one of {', '.join(DTYPES)}")
+        self._settle_precision()
+        _require(isinstance(self.attention, str) and self.attention in ATTENTIONS, "attention", self.attention,
+                 f"one of {', '.join(ATTENTIONS)}")
+        _require(self.code_paths in ("gpu", "cpu"), "code_paths", self.code_paths, "gpu or cpu")
+        if self.attention == "flash_attention_2" and self.precision == "fp32":
+            raise ValueError("attention flash_attention_2 needs bf16 compute; precision fp32 runs float32 "
+                             "attention (use sdpa, or precision mixed-bf16)")
         _require(isinstance(self.mode, str) and self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
         _require(isinstance(self.checkpointing, bool), "checkpointing", self.checkpointing, "true or false")
         _require(is_number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
@@ -140,10 +166,54 @@ class Scenario:
         if dup:
             raise ValueError(f"optimizers: label {dup[0]!r} appears twice; give each entry a distinct label")
 
+    def _settle_model(self) -> ModelSpec:
+        """`model` (any form resolve_model takes) and model_config as one spec: the record is
+        authoritative where given (a case spec, a results file), else resolved from `model`."""
+        if self.model_config is not None:
+            spec = ModelSpec.from_record(self.model_config)
+            if isinstance(self.model, str) and self.model != spec.name:
+                raise ValueError(f"model {self.model!r} and model_config (model {spec.name!r}) disagree")
+        else:
+            if not isinstance(self.model, (str, dict, ModelSpec)):
+                raise ValueError(f"model must be a model name (see `ngl-profile list models`), a config.json, "
+                                 f"a directory, a cached hub id or a [model] table; got {self.model!r}")
+            spec = resolve_model(self.model)
+        self.model, self.model_config = spec.name, spec.to_record()
+        attention = getattr(self, "attention", "sdpa")
+        if attention in ("sdpa", "flash_attention_2") and not supports_sdpa(spec):
+            raise ValueError(f"attention {attention} is not available for {spec.name}: transformers has no SDPA "
+                             f"path for {spec.architecture} (set attention = \"eager\", or --attention eager)")
+        return spec
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The model as a spec (build_model, make_batch and parameter_count take it)."""
+        return ModelSpec.from_record(self.model_config)
+
+    def _settle_precision(self) -> None:
+        """dtype and precision name one thing twice: either may be given, both only if they agree."""
+        _require(isinstance(self.dtype, str) and self.dtype in DTYPES + ("",), "dtype", self.dtype,
+                 f"one of {', '.join(DTYPES)}")
+        _require(isinstance(self.precision, str) and self.precision in tuple(PRECISIONS) + ("",), "precision",
+                 self.precision, f"one of {', '.join(PRECISIONS)}")
+        if not self.precision:
+            self.precision = {"float32": "fp32"}.get(self.dtype, "bf16")
+        implied = PRECISIONS[self.precision]
+        if self.dtype and self.dtype != implied:
+            raise ValueError(f"dtype {self.dtype} contradicts precision {self.precision} (its parameters are "
+                             f"{implied}); set only one of them")
+        self.dtype = implied
+
     def with_overrides(self, **overrides) -> "Scenario":
         """A new, re-validated scenario; None values leave the field as it is (CLI > file)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "model" in given and "model_config" not in given:  # another model: resolved afresh
+            values["model_config"] = None
+        for one, other in (("dtype", "precision"), ("precision", "dtype")):
+            if one in given and other not in given:  # the file's other half would contradict it
+                values[other] = ""
+        values.update(given)
         return Scenario(**values)
 
     def select(self, wanted: list[str]) -> "Scenario":
@@ -163,6 +233,7 @@ class Scenario:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["optimizers"] = [c.to_dict() for c in self.optimizers]
         d["thresholds"] = dataclasses.asdict(self.thresholds)
+        d["model_config"] = model_record(self.model_spec)  # + parameter count and low-rank matrices
         return d
 
     @classmethod

@@ -71,6 +71,8 @@ HPARAMS: dict[str, Hparam] = {
     "compile": Hparam(lambda v: isinstance(v, bool), "true or false", "compiled window kernels"),
     "lora_alpha": Hparam(lambda v: is_number(v) and v > 0, "a finite number > 0", "LoRA scaling numerator"),
     "lora_dropout": Hparam(lambda v: is_number(v) and 0 <= v < 1, "a number in [0, 1)", "LoRA dropout"),
+    "implementation": Hparam(_one_of(("for-loop", "foreach", "fused")), "one of for-loop, foreach, fused",
+                             "torch optimizer kernels (default: torch's default on the target device)"),
     "accumulation_steps": Hparam(_int_at_least(1, 1 << 16), "an integer in [1, 65536]",
                                  "backward passes per update (per-layer optimizers)"),
 }

@@ -21,9 +21,10 @@ from ngl_profile.optim.state_keys import merge
 from ngl_profile.optim.optimizer import (LOW_RANK_DEFAULTS, NaturalGaLoreAdafactor, NaturalGaLoreAdamW,
                         NaturalGaLoreAdamW8bit)
 
-__all__ = ["OPTIMIZERS", "build", "low_rank_parameters", "optimizer_names", "state_category_lookup"]
+__all__ = ["OPTIMIZERS", "build", "code_path", "low_rank_parameters", "optimizer_names", "state_category_lookup"]
 
 _ADAM = ("lr", "betas", "eps", "weight_decay")
+_TORCH_IMPL = ("implementation",)  # torch.optim's for-loop / foreach / fused kernels
 _ADAFACTOR = ("lr", "beta1", "weight_decay")
 _GALORE_TORCH = ("rank", "update_proj_gap", "scale", "proj_type")
 _GALORE = _GALORE_TORCH + ("svd",)
@@ -79,12 +80,27 @@ def _plain(cls_path: str, keys: tuple[str, ...]):
     def make(model, hp):
         cls = _import(cls_path)
         kwargs = {k: hp[k] for k in keys if k in hp}
+        if cls_path == "torch.optim.AdamW":
+            cls, kwargs = _torch_adamw(hp, kwargs)
         if cls_path.endswith("Adafactor"):
             kwargs = {"scale_parameter": False, "relative_step": False, "warmup_init": False,
                       "lr": hp.get("lr", 1e-3), **{k: v for k, v in kwargs.items() if k != "lr"}}
         return [{"params": [p for p in model.parameters() if p.requires_grad]}], lambda g: _construct(cls, g, kwargs)
 
     return make
+
+
+def _torch_adamw(hp: dict, kwargs: dict):
+    """torch AdamW on the code path build() chose, or ours where the moments must be float32 and
+    the parameters are not (torch's kernels refuse mixed dtypes)."""
+    if hp.get("_state_dtype") == "float32":
+        from ngl_profile.optim.fp32_state import AdamWFp32State
+
+        return AdamWFp32State, kwargs
+    impl = hp.get("implementation")
+    if impl is not None:  # None: torch's own default for the parameters' device
+        kwargs = {**kwargs, "foreach": impl == "foreach", "fused": impl == "fused"}
+    return torch.optim.AdamW, kwargs
 
 
 def _construct(cls, groups, kwargs):
@@ -111,6 +127,8 @@ def _low_rank(cls, history: bool, opt_keys: tuple[str, ...]):
         if not history:
             group["history_size"] = 0
         kwargs = {k: hp[k] for k in opt_keys + _OURS if k in hp}
+        if hp.get("_state_dtype"):
+            kwargs["state_dtype"] = hp["_state_dtype"]
         return [group, {"params": rest}], lambda g: cls(g, **kwargs)
 
     return make
@@ -123,6 +141,9 @@ def _galore_torch(model, hp):
         raise ValueError("optimizer 'galore-torch' needs the published galore-torch package: "
                          "pip install 'ngl-profile[peers]'") from e
     matrices, rest = low_rank_parameters(model)
+    # its projector is for matrices only (a fused 3-D expert tensor breaks its SVD slicing)
+    rest = rest + [p for p in matrices if p.dim() != 2]
+    matrices = [p for p in matrices if p.dim() == 2]
     group = {"params": matrices, "rank": hp.get("rank", 128)}
     for key in ("update_proj_gap", "scale", "proj_type"):
         group[key] = hp.get(key, LOW_RANK_DEFAULTS[key])
@@ -135,12 +156,16 @@ def _lora(model, hp):
     from peft import LoraConfig, inject_adapter_in_model
 
     matrices, _ = low_rank_parameters(model)
-    names = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    # full module names, not suffixes: "dense" would also catch RoBERTa's pooler and classifier
-    targets = sorted(names[id(p)] for p in matrices)
+    chosen = {id(p) for p in matrices}
+    # full module names, not suffixes: "dense" would also catch RoBERTa's pooler and classifier.
+    # Linear and GPT-2's Conv1D by module; fused 3-D expert tensors by parameter (peft's ParamWrapper)
+    targets = sorted(n for n, m in model.named_modules()
+                     if isinstance(getattr(m, "weight", None), nn.Parameter) and id(m.weight) in chosen)
+    experts = sorted(n for n, p in model.named_parameters() if id(p) in chosen and p.dim() >= 3)
     rank = hp.get("rank", 8)
     config = LoraConfig(r=rank, lora_alpha=hp.get("lora_alpha", 2 * rank),
-                        lora_dropout=hp.get("lora_dropout", 0.0), target_modules=targets)
+                        lora_dropout=hp.get("lora_dropout", 0.0), target_modules=targets,
+                        **({"target_parameters": experts} if experts else {}))
     from torch._subclasses.fake_tensor import is_fake
 
     if any(is_fake(p) for p in model.parameters()):
@@ -156,13 +181,13 @@ def _lora(model, hp):
     for name, p in model.named_parameters():
         # a classification head is new for the task and trains in full (peft's modules_to_save)
         p.requires_grad_("lora_" in name or name.startswith("classifier."))
-    kwargs = {k: hp[k] for k in ("lr", "weight_decay") if k in hp}
+    cls, kwargs = _torch_adamw(hp, {k: hp[k] for k in ("lr", "weight_decay") if k in hp})
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": params}], lambda g: torch.optim.AdamW(g, **kwargs)
+    return [{"params": params}], lambda g: cls(g, **kwargs)
 
 
 _SPECS = [
-    OptimizerSpec("adamw", "torch.optim.AdamW on every parameter", _ADAM,
+    OptimizerSpec("adamw", "torch.optim.AdamW on every parameter", _ADAM + _TORCH_IMPL,
                   _plain("torch.optim.AdamW", _ADAM), state_categories=_TORCH_ADAM),
     OptimizerSpec("adamw8bit", "bitsandbytes AdamW8bit (blockwise 8-bit moments)", _ADAM,
                   _plain("bitsandbytes.optim.AdamW8bit", _ADAM), state_categories=_BNB),
@@ -188,7 +213,7 @@ _SPECS = [
                   restrict={"proj_type": Hparam(lambda v: v in ("std", "left", "right"),
                                                 "one of std, left, right (galore-torch has no tucker)",
                                                 "projection side")}),
-    OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA, _lora,
+    OptimizerSpec("lora", "peft LoRA adapters on the same linear layers + AdamW", _LORA + _TORCH_IMPL, _lora,
                   layerwise=False, state_categories=_TORCH_ADAM),
 ]
 
@@ -223,15 +248,62 @@ def optimizer_names() -> list[str]:
     return list(OPTIMIZERS)
 
 
-def build(name: str, model: nn.Module, **hparams) -> torch.optim.Optimizer:
-    """The optimizer `name` for `model` (lora injects its adapters into `model` in place)."""
+def _implementation(name: str, hparams: dict, target: str) -> str | None:
+    """torch AdamW's kernel path: the one asked for, else torch's default on the target device
+    (foreach on CUDA, which holds one more parameter-sized temporary at the step's peak than the
+    CPU's for-loop: 7B AdamW 50.7 → 62.8 GiB). None: not a torch AdamW."""
+    if not name.startswith(("adamw", "lora")) or name.startswith("adamw8bit"):
+        return None
+    return hparams.get("implementation") or ("foreach" if target == "cuda" else "for-loop")
+
+
+def code_path(name: str, hparams: dict, target: str = "cpu", precision: str = "bf16",
+              estimated: bool = False) -> str:
+    """One line naming the implementation whose allocations a case counts (shown in reports)."""
+    base = name.removesuffix(LAYERWISE_SUFFIX)
+    per_layer = ", stepped per layer in backward" if name.endswith(LAYERWISE_SUFFIX) else ""
+    fp32_state = precision == "bf16-fp32-state"
+    impl = _implementation(name, hparams, target)
+    if impl is not None:
+        if fp32_state:
+            return f"ngl_profile AdamWFp32State (float32 moments, for-loop){per_layer}"
+        default = " (torch's default on " + target.upper() + ")" if "implementation" not in hparams else ""
+        return f"torch AdamW, {impl}{default}{per_layer}"
+    if base in ("adamw8bit",):
+        return f"bitsandbytes 8-bit blockwise AdamW kernel, in place{per_layer}"
+    if base == "adafactor":
+        return "transformers Adafactor (float32 update and state for low-precision weights)" + per_layer
+    if base == "galore-torch":
+        note = ", moments in the weights' dtype (it has no float32-state option)" if fp32_state else ""
+        return f"galore-torch GaLoreAdamW, for-loop{note}"
+    # fake tensors never reach torch.compile: an estimate counts the eager kernels' temporaries
+    kernels = ("eager kernels" if hparams.get("compile") is False or estimated
+               else "compiled window kernels where torch.compile works")
+    state = ", float32 moments" if fp32_state and "8bit" not in base else ""
+    whole = ", one finiteness check per step" if target == "cuda" and not per_layer else ""
+    return f"ngl_profile {base}, {kernels}{state}{whole}{per_layer}"
+
+
+def build(name: str, model: nn.Module, *, target: str = "cpu", precision: str = "bf16",
+          **hparams) -> torch.optim.Optimizer:
+    """The optimizer `name` for `model` (lora injects its adapters into `model` in place), on the
+    code path it takes on `target` ("cpu" | "cuda": an estimate for a GPU runs on the CPU but must
+    allocate as the GPU path does) for the precision recipe (schema/scenario.py PRECISIONS)."""
     spec = OPTIMIZERS.get(name)
     if spec is None:
         raise ValueError(f"unknown optimizer {name!r}; known: {', '.join(OPTIMIZERS)}")
     spec.check_hparams(hparams)
     accumulation = hparams.pop("accumulation_steps", 1)
+    impl = _implementation(name, hparams, target)
+    if impl is not None:
+        hparams["implementation"] = impl
+    if precision == "bf16-fp32-state":
+        hparams["_state_dtype"] = "float32"  # internal: not a user hyperparameter
     groups, make = spec.make(model, hparams)
     groups = [g for g in groups if g["params"]]
     if name.endswith(LAYERWISE_SUFFIX):
         return LayerwiseOptimizer(groups, make, accumulation_steps=accumulation)
-    return make(groups)
+    opt = make(groups)
+    if target == "cuda" and hasattr(opt, "whole_step_check"):
+        opt.whole_step_check = True  # what CUDA gradients choose by themselves (optimizer.py)
+    return opt

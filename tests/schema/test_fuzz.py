@@ -27,7 +27,7 @@ scalars = st.one_of(
 values = st.one_of(scalars, st.lists(scalars, max_size=3), st.dictionaries(st.sampled_from(["a", "b"]), scalars,
                                                                          max_size=2))
 SCENARIO_KEYS = ["name", "model", "seq_len", "batch_size", "dtype", "steps", "warmup", "gpu", "checkpointing", "mode",
-                 "lr", "colour"]  # colour: an unknown key (the corpus in tests/test_bad_input.py has more)
+                 "lr", "precision", "attention", "code_paths", "colour"]  # colour: an unknown key (the corpus in tests/test_bad_input.py has more)
 
 
 def toml_value(v) -> str:
@@ -62,6 +62,9 @@ VALID = {  # values the schema must accept, per key
     "proj_type": st.sampled_from(["std", "left", "right"]), "svd": st.sampled_from(["full", "lowrank"]),
     "history_dtype": st.sampled_from(["float32", "bfloat16", "int8"]),
     "on_subspace_change": st.sampled_from(["keep", "reset", "rotate"]), "label": st.sampled_from(["", "a b", "é"]),
+    "implementation": st.sampled_from(["for-loop", "foreach", "fused"]),
+    "precision": st.sampled_from(["bf16", "fp32", "mixed-bf16", "bf16-fp32-state"]),
+    "attention": st.sampled_from(["sdpa", "eager"]), "code_paths": st.sampled_from(["gpu", "cpu"]),
 }
 # what goes into the one key under test: its edges, valid values, or anything at all
 suspect = st.one_of(st.sampled_from(EDGES), values, st.lists(st.sampled_from(EDGES), min_size=1, max_size=3),
@@ -95,6 +98,7 @@ POSITIVE = ("lr", "eps", "scale", "damping", "lora_alpha")
 UNIT = ("weight_decay", "lora_dropout", "beta1")
 COUNTS = {"rank": 1, "update_proj_gap": 1, "history_size": 0, "accumulation_steps": 1}
 CHOICES = {"proj_type": ("std", "left", "right", "tucker"), "svd": ("full", "lowrank"),
+           "implementation": ("for-loop", "foreach", "fused"),
            "history_dtype": ("float32", "bfloat16", "int8"), "on_subspace_change": ("keep", "reset", "rotate")}
 
 
@@ -104,6 +108,10 @@ def check_in_range(s: Scenario) -> None:
         v = getattr(s, key)
         assert isinstance(v, int) and not isinstance(v, bool)
     assert s.seq_len >= 1 and s.batch_size >= 1 and s.steps >= 1 and s.warmup >= 0
+    # the recipe and the parameter dtype always agree, however they were given
+    assert (s.precision, s.dtype) in {("bf16", "bfloat16"), ("fp32", "float32"), ("mixed-bf16", "float32"),
+                                      ("bf16-fp32-state", "bfloat16")}
+    assert s.attention in ("sdpa", "eager", "flash_attention_2") and s.code_paths in ("gpu", "cpu")
     assert isinstance(s.lr, (int, float)) and not isinstance(s.lr, bool) and math.isfinite(s.lr) and s.lr > 0
     for c in s.optimizers:  # the invariants, written out again here (not the schema's own checks)
         for key, value in c.hparams.items():

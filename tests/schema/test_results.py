@@ -8,6 +8,7 @@ import pytest
 
 from ngl_profile.analysis.regress import load_thresholds
 from ngl_profile.cli import main
+from ngl_profile.measure.timing import rate_stats, timing_stats
 from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import CaseResult, ResultsError, RunResult, load_many, load_results
 
@@ -21,6 +22,8 @@ def valid() -> dict:
                           provenance="measured", memory_bytes={**dict.fromkeys(CATEGORIES, 0), "weights": 1024},
                           peak_bytes=4096, peak_phase="backward", fits=True, headroom_bytes=1 << 30,
                           tokens_per_s=tps, step_time_s={"optimizer": 0.001, "steps": 3, "svd_refresh": None},
+                          step_time_stats={"optimizer": timing_stats([0.0011, 0.001, 0.0009])},
+                          tokens_per_s_stats=rate_stats(1, [1 / tps] * 3),
                           nvml={"available": False, "reason": "no CUDA device"}, step_peaks_bytes=[4000, 4096],
                           timeline=[[0, 10, "forward"], [1, 20, "backward"]], cuda={"assumed_context_bytes": 5},
                           params={"total": 10, "trainable": 10}, duration_s=1.5)
@@ -70,6 +73,16 @@ MALFORMED = [
     (setter(C2 + ["step_time_s"], 0.1), "cases[2].step_time_s: expected an object, got 0.1"),
     (setter(C2 + ["step_time_s", "optimizer"], "fast"), 'cases[2].step_time_s.optimizer: expected a number ≥ 0 or null, got "fast"'),
     (setter(C2 + ["step_time_s", "optimizer"], -math.inf), "cases[2].step_time_s.optimizer: expected a finite number or null, got -Infinity"),
+    (setter(C2 + ["step_time_stats"], [1]), "cases[2].step_time_stats: expected an object, got a list"),
+    (setter(C2 + ["step_time_stats", "total"], 0.1), "cases[2].step_time_stats.total: expected an object, got 0.1"),
+    (setter(C2 + ["step_time_stats", "total"], {"rounds": 3, "min": 1, "q1": 3, "median": 2, "q3": 4, "max": 5}),
+     "cases[2].step_time_stats.total: expected statistics with min ≤ q1 ≤ median ≤ q3 ≤ max, got an object"),
+    (setter(C2 + ["step_time_stats", "total"], {"rounds": 0, "min": 1, "q1": 1, "median": 1, "q3": 1, "max": 1}),
+     "cases[2].step_time_stats.total.rounds: expected an integer ≥ 1, got 0"),
+    (setter(C2 + ["tokens_per_s_stats"], {"rounds": 3, "min": 1, "q1": 2, "median": 2, "max": 3}),
+     "cases[2].tokens_per_s_stats: missing 'q3'"),
+    (setter(C2 + ["tokens_per_s_stats", "q1"], math.nan),
+     "cases[2].tokens_per_s_stats.q1: expected a finite number, got NaN"),
     (setter(C2 + ["optimizer"], "adamw"), 'cases[2].optimizer: expected an object, got "adamw"'),
     (setter(C2 + ["optimizer", "label"], ["a"]), "cases[2].optimizer.label: expected a string or null, got a list"),
     (setter(C2 + ["optimizer", "name"], 3), "cases[2].optimizer.name: expected a non-empty string, got 3"),
@@ -218,6 +231,23 @@ def test_older_files_upgrade(tmp_path):
     r = load_results(write(tmp_path, d))
     assert r.cases[0].memory_bytes["context"] == 0 and r.cases[1].memory_bytes == dict.fromkeys(CATEGORIES, 0)
     assert r.cases[2].damping_backoffs == 0 and r.planned is None
+
+
+def test_a_version_1_file_loads_with_its_spread_unknown(tmp_path):
+    """Schema 1 kept medians only: such a file loads with no statistics, and check and compare read
+    its spread as unknown (None), never as zero."""
+    from ngl_profile.analysis.spread import bands
+
+    d = valid()
+    for c in d["cases"]:
+        del c["step_time_stats"], c["tokens_per_s_stats"]
+    d["schema_version"] = 1
+    r = load_results(write(tmp_path, d))
+    assert r.schema_version == 2 and all(c.step_time_stats == {} and c.tokens_per_s_stats is None for c in r.cases)
+    assert all(b is None for m in bands(r).values() for b in m.values())
+    fresh = load_results(write(tmp_path, valid(), "v2.json"))
+    # type-7 quartiles of 0.9, 1.0, 1.1 ms
+    assert bands(fresh)["galore"]["optimizer_step_s"] == pytest.approx((0.00095, 0.00105))
 
 
 def test_unknown_keys_are_kept_out_not_refused(tmp_path):

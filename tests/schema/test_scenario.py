@@ -25,7 +25,7 @@ def test_presets_resolve():
 
 @pytest.mark.parametrize("text,match", [
     (HEAD.replace("tiny", "gpt5"), r"unknown model 'gpt5'; known: tiny, llama-60m"),
-    (HEAD + 'gpu = "rtx-9999"\n', r"unknown GPU 'rtx-9999'; known: rtx-3090"),
+    (HEAD + 'gpu = "rtx-9999"\n', r"unknown GPU 'rtx-9999'; known: .*rtx-3090.*; a memory size also works"),
     (HEAD + "seq_len = 0\n", r"\[scenario\] seq_len must be an integer in \[1, 1048576\]; got 0"),
     (HEAD + 'batch_size = "two"\n', r"batch_size must be an integer in \[1, 65536\]; got 'two'"),
     (HEAD + 'dtype = "float16"\n', r"dtype must be one of bfloat16, float32"),
@@ -58,3 +58,40 @@ def test_cli_overrides_beat_the_file(tmp_path):
     assert s.gpu == "a100-80gb"
     assert s.with_overrides(gpu="4090").gpu == "rtx-4090"
     assert [c.name for c in s.select(["adamw", "lora"]).optimizers] == ["adamw", "lora"]
+
+
+def test_precision_and_dtype_name_one_thing_and_must_agree():
+    from ngl_profile.schema.scenario import Scenario
+
+    assert Scenario(name="a", model="tiny", precision="mixed-bf16").dtype == "float32"
+    assert Scenario(name="a", model="tiny", precision="bf16-fp32-state").dtype == "bfloat16"
+    assert Scenario(name="a", model="tiny", dtype="float32").precision == "fp32"
+    assert (Scenario(name="a", model="tiny").precision, Scenario(name="a", model="tiny").dtype) == ("bf16", "bfloat16")
+    with pytest.raises(ValueError, match="dtype bfloat16 contradicts precision mixed-bf16"):
+        Scenario(name="a", model="tiny", dtype="bfloat16", precision="mixed-bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Scenario(name="a", model="tiny", precision="fp8")
+
+
+def test_an_override_of_one_half_replaces_the_files_other_half():
+    from ngl_profile.schema.scenario import Scenario
+
+    file = Scenario(name="a", model="tiny", dtype="bfloat16")
+    mixed = file.with_overrides(precision="mixed-bf16")
+    assert (mixed.precision, mixed.dtype) == ("mixed-bf16", "float32")
+    fp32 = Scenario(name="a", model="tiny", precision="bf16").with_overrides(dtype="float32")
+    assert (fp32.precision, fp32.dtype) == ("fp32", "float32")
+    assert Scenario.from_dict(mixed.to_dict()) == mixed
+
+
+def test_attention_choices_and_flash_needs_bf16_compute():
+    from ngl_profile.schema.scenario import Scenario
+
+    assert Scenario(name="a", model="tiny", attention="eager").attention == "eager"
+    with pytest.raises(ValueError, match="attention must be one of sdpa, eager, flash_attention_2"):
+        Scenario(name="a", model="tiny", attention="flash3")
+    with pytest.raises(ValueError, match="flash_attention_2 needs bf16 compute"):
+        Scenario(name="a", model="tiny", attention="flash_attention_2", precision="fp32")
+    assert Scenario(name="a", model="tiny", attention="flash_attention_2", precision="mixed-bf16")
+    with pytest.raises(ValueError, match="code_paths must be gpu or cpu"):
+        Scenario(name="a", model="tiny", code_paths="tpu")
