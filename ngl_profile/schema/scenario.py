@@ -77,8 +77,8 @@ class OptimizerCase:
 
     def resolved_hparams(self, scn: "Scenario") -> dict:
         """The hyperparameters the optimizer is built with: the scenario's lr and the model's default
-        rank filled in where the case sets none."""
-        from ngl_profile.zoo.optimizers import OPTIMIZERS
+        rank (LoRA: its adapter rank) filled in where the case sets none, so every row shows its rank."""
+        from ngl_profile.zoo.optimizers import LORA_DEFAULT_RANK, OPTIMIZERS
 
         spec = OPTIMIZERS[self.name]
         hp = dict(self.hparams)
@@ -86,6 +86,8 @@ class OptimizerCase:
             hp.setdefault("lr", scn.lr)
         if spec.low_rank:
             hp.setdefault("rank", scn.model_spec.default_rank)
+        elif "rank" in spec.hparams:
+            hp.setdefault("rank", LORA_DEFAULT_RANK)
         return hp
 
     def to_dict(self) -> dict:

@@ -32,6 +32,7 @@ _NATURAL = _GALORE + ("history_size", "damping", "history_dtype", "on_subspace_c
 _LORA = ("rank", "lora_alpha", "lora_dropout", "lr", "weight_decay")
 _OURS = ("compile",)  # ngl_profile.optim's fused kernels on/off (kernels.py)
 LAYERWISE_SUFFIX = "-layerwise"
+LORA_DEFAULT_RANK = 8
 
 # State keys of the third-party optimizers (ours declare their own: optim/state_keys.py), as each
 # library names them at the versions in .ci/constraints.txt; a key missing here fails the case
@@ -162,7 +163,7 @@ def _lora(model, hp):
     targets = sorted(n for n, m in model.named_modules()
                      if isinstance(getattr(m, "weight", None), nn.Parameter) and id(m.weight) in chosen)
     experts = sorted(n for n, p in model.named_parameters() if id(p) in chosen and p.dim() >= 3)
-    rank = hp.get("rank", 8)
+    rank = hp.get("rank", LORA_DEFAULT_RANK)
     config = LoraConfig(r=rank, lora_alpha=hp.get("lora_alpha", 2 * rank),
                         lora_dropout=hp.get("lora_dropout", 0.0), target_modules=targets,
                         **({"target_parameters": experts} if experts else {}))
