@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ngl_profile.analysis.regress import SAME_SCENARIO, duplicate_label, machine_difference, metrics
+from ngl_profile.analysis.regress import (SAME_SCENARIO, duplicate_label, machine_difference, metrics,
+                                          scenario_value)
 from ngl_profile.analysis.spread import bands
 from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import RunResult
@@ -109,9 +110,10 @@ def comparison(runs: list[RunResult]) -> Comparison:
     warnings = []
     for i, r in enumerate(runs[1:], 1):
         for k in SAME_SCENARIO + ("mode",):
-            a, b = (runs[0].mode, r.mode) if k == "mode" else (runs[0].scenario.get(k), r.scenario.get(k))
+            a, b = (runs[0].mode, r.mode) if k == "mode" else (scenario_value(runs[0], k), scenario_value(r, k))
             if a != b:
-                warnings.append(f"[{i}] is not like [0]: {k} {b!r} vs {a!r}")
+                warnings.append(f"[{i}] is not like [0]: " + ("another model config" if k == "model_config"
+                                                                 else f"{k} {b!r} vs {a!r}"))
         speeds = all(any(c.tokens_per_s for c in x.cases) for x in (runs[0], r))
         other = machine_difference(runs[0], r) if speeds else None
         if other:

@@ -40,9 +40,26 @@ from ngl_profile.schema.thresholds import MiB, Thresholds
 
 __all__ = ["Thresholds", "Check", "Row", "Verdict", "CheckOutcome", "metrics", "build_checks", "evaluate",
            "incomplete", "machine_difference", "duplicate_label", "load_thresholds", "check_results",
-           "benchmark_json", "fmt_value", "fmt_band", "SAME_SCENARIO"]
+           "benchmark_json", "fmt_value", "fmt_band", "SAME_SCENARIO", "scenario_value"]
 
-SAME_SCENARIO = ("model", "seq_len", "batch_size", "dtype", "checkpointing")
+SAME_SCENARIO = ("model", "model_config", "seq_len", "batch_size", "dtype", "precision", "attention",
+                 "checkpointing", "code_paths")
+
+
+def scenario_value(run: RunResult, key: str):
+    """A scenario key as it would read in a file made today: files from before a key existed ran
+    its default (bf16 or fp32 from the dtype, SDPA, the CPU's code paths in an estimate); a measured
+    run runs its device's code paths whatever it asked; a model is its config, not only its name."""
+    scn = run.scenario
+    if key == "precision":
+        return scn.get("precision") or {"float32": "fp32"}.get(scn.get("dtype"), "bf16")
+    if key == "attention":
+        return scn.get("attention") or "sdpa"
+    if key == "code_paths":
+        return (scn.get("code_paths") or "cpu") if run.mode == "estimated" else "the device's"
+    if key == "model_config":
+        return (scn.get("model_config") or {}).get("config")
+    return scn.get(key)
 # Absolute speed compares only on the same device, host and hot-path software: device_name (the GPU;
 # on a CPU only "CPU (<arch>)", hence also machine, cpu_count and torch_threads), platform (the kernel
 # build: two VMs of one image differ there), python (a small model's optimizer step is mostly Python),
@@ -170,11 +187,14 @@ def build_checks(labels, th: Thresholds, absolute: bool = True) -> list[Check]:
 
 
 def _same_scenario(baseline: RunResult, current: RunResult) -> None:
-    diff = [k for k in SAME_SCENARIO if baseline.scenario.get(k) != current.scenario.get(k)]
+    diff = [k for k in SAME_SCENARIO if scenario_value(baseline, k) != scenario_value(current, k)]
     if diff:
         k = diff[0]
-        raise ValueError(f"results and baseline are different scenarios: {k} {current.scenario.get(k)!r} vs "
-                         f"{baseline.scenario.get(k)!r}")
+        if k == "model_config":
+            raise ValueError(f"results and baseline are different scenarios: model {current.scenario.get('model')!r} "
+                             "has another config than the baseline's")
+        raise ValueError(f"results and baseline are different scenarios: {k} {scenario_value(current, k)!r} vs "
+                         f"{scenario_value(baseline, k)!r}")
     if baseline.mode != current.mode:
         raise ValueError(f"results are {current.mode}, the baseline is {baseline.mode}: compare like with like")
 

@@ -12,7 +12,7 @@ import pytest
 
 from ngl_profile.analysis import regress
 from ngl_profile.analysis.compare import comparison
-from ngl_profile.analysis.regress import Check, benchmark_json, check_results, evaluate, machine_difference
+from ngl_profile.analysis.regress import Check, benchmark_json, check_results, evaluate, machine_difference, scenario_value
 from ngl_profile.cli import main
 from ngl_profile.report.check_table import comparison_cells, print_comparison
 from ngl_profile.schema.results import CaseResult, RunResult, load_results
@@ -471,3 +471,23 @@ def test_ci_gate_catches_a_real_change(tmp_path):
     r = cli("check", str(cur_dir), "--baseline", str(base_dir / "results.json"))
     assert r.returncode == 1 and "memory.history rose by" in r.stdout
     assert cli("check", str(base_dir), "--baseline", str(base_dir / "results.json")).returncode == 0
+
+
+def test_a_baseline_from_another_recipe_or_attention_is_refused_and_old_files_read_as_their_defaults():
+    other = run()
+    other.scenario["precision"] = "mixed-bf16"
+    with pytest.raises(ValueError, match="different scenarios: precision 'mixed-bf16' vs"):
+        evaluate(run(), other, Thresholds())
+    eager = run()
+    eager.scenario["attention"] = "eager"
+    with pytest.raises(ValueError, match="different scenarios: attention 'eager' vs 'sdpa'"):
+        evaluate(run(), eager, Thresholds())
+    # a file from before the keys existed ran the defaults: the same scenario as one that names them
+    named = run()
+    named.scenario.update(precision=scenario_value(run(), "precision"), attention="sdpa")
+    evaluate(run(), named, Thresholds())
+    custom = run()
+    custom.scenario["model_config"] = {"config": {"hidden_size": 64}}
+    with pytest.raises(ValueError, match="has another config than the baseline's"):
+        evaluate(run(), custom, Thresholds())
+    assert "[1] is not like [0]: precision 'mixed-bf16' vs" in comparison([run(), other]).warnings[0]
