@@ -491,3 +491,14 @@ def test_a_baseline_from_another_recipe_or_attention_is_refused_and_old_files_re
     with pytest.raises(ValueError, match="has another config than the baseline's"):
         evaluate(run(), custom, Thresholds())
     assert "[1] is not like [0]: precision 'mixed-bf16' vs" in comparison([run(), other]).warnings[0]
+
+
+def test_a_step_ratio_under_the_floor_in_both_runs_is_not_judged():
+    """A per-layer optimizer's optimizer phase is tens of µs: its ratio to AdamW is timer noise."""
+    base, cur = run(), run()
+    for r, step in ((base, 30e-6), (cur, 90e-6)):  # 3× slower, both far under a 2 ms floor
+        ng(r).step_time_s["optimizer"] = step
+    th = Thresholds(step_time_rel=0.5, step_time_abs_floor_s=0.002)
+    assert not [p for p in evaluate(base, cur, th).problems if "optimizer_step.adamw_ratio" in p]
+    th_no_floor = Thresholds(step_time_rel=0.5, step_time_abs_floor_s=0.0)
+    assert [p for p in evaluate(base, cur, th_no_floor).problems if "optimizer_step.adamw_ratio" in p]
