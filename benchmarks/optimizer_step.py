@@ -1,23 +1,33 @@
 """Steady-state optimizer step time, ratios measured side by side in one process.
 
     python benchmarks/optimizer_step.py [--model llama-60m] [--rank 128] [--rounds 7] [--steps 5]
+                                        [--kernels auto|compiled|eager|each]
 
 Every optimizer gets its own copy of the model's block matrices (llama-60m: 56 matrices), the same
 gradients, and is timed for `--steps` steps per round; rounds alternate between optimizers so drift
 in machine speed hits all of them alike. Reported: median seconds per step and the ratio to
 galore-torch's GaLoreAdamW and to torch AdamW. The projector refresh (SVD) is excluded from the
 steady state (update_proj_gap is larger than the run) and timed separately.
+
+Beside each time: its floor, the bytes the step must move at least (`step_bytes`) over the read
+bandwidth measured in this process (best of a plain x.sum() over 256 MB), and their ratio. The
+GaLore rows are bound by their two matmuls, not by bytes (so their ratio is well above 1); the
+window rows below the table isolate what the window costs: (s = 10 step) − (s = 0 step) against
+two reads of the window. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
+them once per choice (compiled, eager, auto) side by side, so a run shows which the chooser
+(ngl_profile/optim/choice.py) picked and whether it was the faster.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
 from ngl_profile.zoo.models import get_model
-from ngl_profile.optim import NaturalGaLoreAdamW
+from ngl_profile.optim import NaturalGaLoreAdamW, choice, natural
 
 
 def block_shapes(model: str) -> list[tuple[int, int]]:
@@ -55,7 +65,7 @@ class OfficialStyle(NaturalGaLoreAdamW):
         return ((G[:, -1] - G @ z) / lam).view(g.shape).to(g.dtype)
 
 
-def candidates(rank: int, gap: int):
+def candidates(rank: int, gap: int, modes: tuple[str, ...]):
     def ours(s, svd="full", history_dtype="float32"):
         return lambda ps: NaturalGaLoreAdamW([{"params": ps, "rank": rank, "update_proj_gap": gap,
                                                "scale": 0.25, "history_size": s, "svd": svd,
@@ -65,10 +75,12 @@ def candidates(rank: int, gap: int):
         return OfficialStyle([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
                                "history_size": 0}], history_size=10, lr=1e-3)
 
-    out = {"adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3), "galore (ours, s=0)": ours(0),
-           "natural-galore (s=10)": ours(10), "natural-galore lowrank": ours(10, "lowrank"),
-           "n-g bf16 window": ours(10, history_dtype="bfloat16"), "n-g int8 window": ours(10, history_dtype="int8"),
-           "official-style s=10": official}
+    out = {"adamw": lambda ps: torch.optim.AdamW(ps, lr=1e-3), "galore (ours, s=0)": ours(0)}
+    for mode in modes:
+        tag = "" if len(modes) == 1 else f" [{mode}]"
+        out |= {f"natural-galore (s=10){tag}": ours(10), f"n-g bf16 window{tag}": ours(10, history_dtype="bfloat16"),
+                f"n-g int8 window{tag}": ours(10, history_dtype="int8")}
+    out |= {"natural-galore lowrank": ours(10, "lowrank"), "official-style s=10": official}
     try:
         from galore_torch import GaLoreAdamW
 
@@ -80,14 +92,50 @@ def candidates(rank: int, gap: int):
     return out
 
 
-def compile_kernels(dtype, device) -> None:
-    """Compile our kernels (kernels.py) once up front, so no first step below includes it."""
-    for history_dtype in ("float32", "bfloat16", "int8"):
-        ps = [torch.nn.Parameter(torch.randn(24, 16, device=device, dtype=dtype))]
-        opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3, "history_dtype": history_dtype}])
-        for _ in range(4):
-            ps[0].grad = torch.randn_like(ps[0])
-            opt.step()
+def compile_kernels(device) -> None:
+    """Compile our window kernels (kernels.py) once up front, so no timed step includes it: one
+    window per storage dtype, large enough for the kernels to be used."""
+    for storage in natural.HISTORY_DTYPES:
+        state = {}
+        natural.init_window(state, 1 << 15, 4, storage, device)
+        natural.push(state, torch.ones(1 << 15, device=device), compiled=True)
+        natural.combine(state, torch.ones(4, dtype=torch.float64, device=device), compiled=True)
+
+
+def read_bandwidth(device) -> float:
+    """Bytes per second a plain x.sum() reads from a 256 MB buffer (best of 5): the floor's rate."""
+    x = torch.ones(64 << 20, device=device)
+    best = float("inf")
+    for _ in range(6):  # the first one faults the pages in
+        sync(device)
+        t0 = time.perf_counter()
+        x.sum()
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return x.numel() * x.element_size() / best
+
+
+def step_bytes(name: str, shapes, rank: int, itemsize: int) -> int:
+    """The bytes a step of row `name` must move at least. AdamW: p, m, v read and written, ∇ read.
+    GaLore: ∇ read by the projection, p read and written by the back-projection, and Adam on the
+    projected gradient (g, M, V in and out, N written and read); + for a window of s = 10: its two
+    reads (Gram row, G·w), the new column written, g̃ written and read."""
+    if name == "adamw":
+        return 7 * itemsize * sum(m * n for m, n in shapes)
+    total = 0
+    window_item = {"bf16": 2, "int8": 1}.get(next((t for t in ("bf16", "int8") if t in name), ""), 4)
+    for m, n in shapes:
+        k = min(m, rank) * n if m < n else m * min(n, rank)
+        total += 3 * m * n * itemsize + 8 * k * itemsize
+        if "natural" in name or "n-g" in name or "official" in name:
+            total += 10 * k * window_item * 2 + k * window_item + 2 * k * itemsize
+    return total
+
+
+def window_bytes(name: str, shapes, rank: int) -> int:
+    """Two reads of the s = 10 window of row `name`: the window part's floor."""
+    window_item = {"bf16": 2, "int8": 1}.get(next((t for t in ("bf16", "int8") if t in name), ""), 4)
+    return sum(2 * 10 * (min(m, rank) * n if m < n else m * min(n, rank)) * window_item for m, n in shapes)
 
 
 def sync(device):
@@ -104,6 +152,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and gradients (bfloat16: the paper's training dtype)")
+    ap.add_argument("--kernels", default="auto", choices=[*choice.MODES, "each"],
+                    help="the window kernels of the windowed rows (NGL_PROFILE_KERNELS); each: one row per choice")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -111,9 +161,13 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     grads = [torch.randn(s, device=device, dtype=dtype) for s in shapes]
     gap = 10**9  # steady state: the refresh happens once, on the first (warm-up) step
-    compile_kernels(dtype, device)
+    modes = choice.MODES[1:] + ("auto",) if args.kernels == "each" else (args.kernels,)
+    compile_kernels(device)
+    bandwidth = read_bandwidth(device)
     runs = {}
-    for name, make in candidates(args.rank, gap).items():
+    for name, make in candidates(args.rank, gap, modes).items():
+        mode = next((m for m in modes if name.endswith(f"[{m}]")), args.kernels if args.kernels != "each" else "auto")
+        os.environ[choice.ENV] = mode
         ps = [torch.nn.Parameter(torch.randn(s, device=device, dtype=dtype)) for s in shapes]
         opt = make(ps)
         for p, g in zip(ps, grads):
@@ -122,24 +176,46 @@ def main() -> None:
         t0 = time.perf_counter()
         opt.step()  # warm-up: allocates state, and for the low-rank ones runs every SVD
         sync(device)
-        runs[name] = {"opt": opt, "first": time.perf_counter() - t0, "times": []}
+        first = time.perf_counter() - t0
+        for _ in range(10):  # fills the s = 10 windows: the chooser times its candidates here, not below
+            opt.step()
+        runs[name] = {"opt": opt, "first": first, "times": [], "mode": mode}
     for _ in range(args.rounds):
         for name, run in runs.items():
+            os.environ[choice.ENV] = run["mode"]
             sync(device)
             t0 = time.perf_counter()
             for _ in range(args.steps):
                 run["opt"].step()
             sync(device)
             run["times"].append((time.perf_counter() - t0) / args.steps)
+    os.environ.pop(choice.ENV)
     med = {n: statistics.median(r["times"]) for n, r in runs.items()}
+    itemsize = torch.empty((), dtype=dtype).element_size()
     print(f"{args.model} block matrices ({len(shapes)}), {args.dtype}, rank {args.rank}, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.rounds} rounds "
-          f"× {args.steps} steps")
-    print(f"{'optimizer':<24}{'s/step':>10}{'× galore-torch':>16}{'× adamw':>10}{'first step s':>14}")
+          f"× {args.steps} steps; read bandwidth {bandwidth / 1e9:.1f} GB/s (x.sum() over 256 MB)")
+    print(f"{'optimizer':<32}{'ms/step':>9}{'floor ms':>10}{'× floor':>9}{'× galore-torch':>16}{'× adamw':>9}"
+          f"{'first step s':>14}")
     for name, t in med.items():
+        floor = step_bytes(name, shapes, args.rank, itemsize) / bandwidth
         vs_gt = f"{t / med['galore-torch']:.3f}" if "galore-torch" in med else "n/a"
-        print(f"{name:<24}{t:>10.4f}{vs_gt:>16}{t / med['adamw']:>10.3f}{runs[name]['first']:>14.3f}")
+        print(f"{name:<32}{t * 1e3:>9.2f}{floor * 1e3:>10.2f}{t / floor:>9.2f}{vs_gt:>16}{t / med['adamw']:>9.3f}"
+              f"{runs[name]['first']:>14.3f}")
     print("first step: every SVD and the state allocation (the compiled kernels were compiled before)")
+    print(f"\n{'window part (row − galore s=0)':<32}{'ms/step':>9}{'floor ms':>10}{'× floor':>9}")
+    for name, t in med.items():
+        if name.startswith(("natural-galore (s=10)", "n-g")):
+            part, floor = t - med["galore (ours, s=0)"], window_bytes(name, shapes, args.rank) / bandwidth
+            print(f"{name:<32}{part * 1e3:>9.2f}{floor * 1e3:>10.2f}{part / floor:>9.2f}")
+    print("window floor: two reads of the window (Gram row, then g̃ = G·w) at the measured bandwidth")
+    picked = choice.choices()
+    if picked:
+        print("\nkernel choices made by the auto rows (pass, s, k up to, window dtype, result dtype, device):")
+        for kind, (chosen, seconds) in sorted(picked.items(), key=str):
+            timed = ", ".join(f"{c} {sec * 1e6:.0f} µs" for c, sec in seconds.items())
+            print(f"  {kind[0]:<9}{kind[1]:>3}{kind[2]:>9} {str(kind[3]):<15}{str(kind[4]):<15}{kind[5]:<6} "
+                  f"→ {chosen:<9} ({timed})")
 
 
 if __name__ == "__main__":

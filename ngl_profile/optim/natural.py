@@ -19,7 +19,8 @@ The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in fl
 one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
 torch.stack of the history every step, as the official code does). A step is `push` (store g_t,
 new Gram row) for every matrix, one batched `weights` for all of them, then `combine` (g̃ = G w)
-for each; the two passes over large windows run as compiled kernels (kernels.py).
+for each; each of the two passes over a large window runs as a compiled kernel (kernels.py) or
+eagerly, whichever was faster on this machine (choice.py times both once per kind of window).
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
 category is declared in STATE_CATEGORIES, next to `init_window`, which creates them):
@@ -36,7 +37,7 @@ from functools import lru_cache
 
 import torch
 
-from ngl_profile.optim import kernels
+from ngl_profile.optim import choice, kernels
 from ngl_profile.optim.values import has_values, value_scope
 
 __all__ = ["HISTORY_DTYPES", "STATE_CATEGORIES", "N_TIERS", "TIER_FACTOR", "init_window", "reset_window",
@@ -100,11 +101,13 @@ def _columns(state: dict, rows: slice, lo: int, hi: int, dtype: torch.dtype) -> 
     return c
 
 
-def _store(state: dict, slot: int, g: torch.Tensor) -> None:
+def _store(state: dict, slot: int, g: torch.Tensor, shard=None) -> None:
     buf = state["history"]
     if buf.dtype == torch.int8:
-        # per-column absmax keeps the int8 grid matched to each gradient's own scale
-        scale = g.abs().amax().float().clamp_min(torch.finfo(torch.float32).tiny) / 127.0
+        # per-column absmax keeps the int8 grid matched to each gradient's own scale; for a
+        # sharded g (sharded.Rows) the whole column's absmax, as one process would take it
+        amax = g.abs().amax() if shard is None else shard.amax(g)
+        scale = amax.float().clamp_min(torch.finfo(torch.float32).tiny) / 127.0
         state["history_scale"][slot] = scale
         buf[slot].copy_(torch.round(g.float() / scale).clamp_(-127, 127))
     else:
@@ -116,7 +119,7 @@ def _slices(k: int, n: int):
     return ((lo, min(k, lo + step)) for lo in range(0, k, step))
 
 
-def _gram_update(state: dict, slot: int, n: int, compiled: bool = False) -> None:
+def _gram_update(state: dict, slot: int, n: int, compiled: bool | str = False, shard=None) -> None:
     """Recompute row/column `slot` of GᵀG over the n filled slots, in float64.
 
     float64 because S = λI + GᵀG is as ill-conditioned as consecutive gradients are alike: a
@@ -124,32 +127,43 @@ def _gram_update(state: dict, slot: int, n: int, compiled: bool = False) -> None
     S indefinite for repeated gradients; float32 products are exact in float64.
     """
     buf, scale = state["history"], state.get("history_scale")
-    row = None
-    if compiled:  # one pass over the window, no float64 copy of it (kernels.py; None: not here)
+
+    def fused():  # one pass over the window, no float64 copy of it (kernels.py; None: not here)
         # the whole buffer, not its n filled rows: one compiled kernel per window shape, not
         # one per fill level; unfilled rows are never read back (the Gram matrix uses [:n])
         row = kernels.gram_row(buf, scale, buf[slot], None if scale is None else scale[slot])
-        row = None if row is None else row[:n]
-    if row is None:
-        row = torch.zeros(n, dtype=torch.float64, device=state["gram"].device)
-        for lo, hi in _slices(buf.shape[1], n):
-            c = _columns(state, slice(0, n), lo, hi, torch.float64)  # n × slice
-            row += c @ c[slot]
-            del c  # before the next slice is made: one float64 slice alive at a time, not two
+        return None if row is None else row[:n]
+
+    row = choice.run("gram_row", buf, torch.float64, compiled, n == buf.shape[0], fused,
+                     lambda: _gram_row_eager(state, slot, n))
+    if shard is not None:  # this rank's rows of the columns: the dots are sums of per-rank partials
+        shard.all_sum_(row)
     state["gram"][slot, :n] = row
     state["gram"][:n, slot] = row
 
 
-def push(state: dict, g: torch.Tensor, compiled: bool = False) -> None:
+def _gram_row_eager(state: dict, slot: int, n: int) -> torch.Tensor:
+    row = torch.zeros(n, dtype=torch.float64, device=state["gram"].device)
+    for lo, hi in _slices(state["history"].shape[1], n):
+        c = _columns(state, slice(0, n), lo, hi, torch.float64)  # n × slice
+        row += c @ c[slot]
+        del c  # before the next slice is made: one float64 slice alive at a time, not two
+    return row
+
+
+def push(state: dict, g: torch.Tensor, compiled: bool | str = False, shard=None) -> None:
     """Append the flattened projected gradient g (length k) as the newest column.
 
-    compiled: compute the new Gram row with the compiled kernel where it is usable (kernels.py)."""
+    compiled: compute the new Gram row with the compiled kernel where it is usable (kernels.py);
+    "auto": with whichever of the compiled and the eager pass was faster here (choice.py).
+    shard: a sharded.Rows when g is one rank's chunk of the column (the window is then sharded
+    the same way; the Gram row and an int8 scale are reduced over the ranks)."""
     s = state["history"].shape[0]
     slot = state["history_head"]
-    _store(state, slot, g)
+    _store(state, slot, g, shard)
     state["history_count"] = min(state["history_count"] + 1, s)
     state["history_head"] = (slot + 1) % s
-    _gram_update(state, slot, state["history_count"], compiled)
+    _gram_update(state, slot, state["history_count"], compiled, shard)
 
 
 def weights(states: list[dict], dampings: list[float], tally: dict | None = None) -> list[torch.Tensor]:
@@ -242,7 +256,7 @@ def _solve_tiers(grams: torch.Tensor, newest: int, damping: float) -> tuple[torc
     return w, torch.where(factored, first, N_TIERS).to(torch.int64)
 
 
-def combine(state: dict, w: torch.Tensor, compiled: bool = False,
+def combine(state: dict, w: torch.Tensor, compiled: bool | str = False,
             dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """g̃ = G w over the window (w from `weights`: float64, one entry per slot), length k, as `dtype`.
 
@@ -256,10 +270,14 @@ def combine(state: dict, w: torch.Tensor, compiled: bool = False,
     """
     buf = state["history"]
     w64 = w.to(torch.float64)
-    if compiled:  # every slot (w = 0 for unfilled ones): one kernel per window shape
-        out = kernels.combine(buf, state.get("history_scale"), w64, dtype)
-        if out is not None:
-            return out
+    # the compiled kernel sums every slot (w = 0 for unfilled ones): one kernel per window shape
+    return choice.run("combine", buf, dtype, compiled, state["history_count"] == buf.shape[0],
+                      lambda: kernels.combine(buf, state.get("history_scale"), w64, dtype),
+                      lambda: _combine_eager(state, w64, dtype))
+
+
+def _combine_eager(state: dict, w64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    buf = state["history"]
     n = state["history_count"]
     k = buf.shape[1]
     out = torch.empty(k, dtype=dtype, device=buf.device)
@@ -275,7 +293,7 @@ def solve(state: dict, damping: float) -> torch.Tensor:
     return combine(state, weights([state], [damping])[0])
 
 
-def rotate_window(state: dict, change_basis) -> None:
+def rotate_window(state: dict, change_basis, shard=None) -> None:
     """Re-express every stored column with `change_basis(column) -> column`, then rebuild GᵀG.
 
     One column at a time, so the transient is one k-vector, not a dequantized copy of the window.
@@ -283,7 +301,7 @@ def rotate_window(state: dict, change_basis) -> None:
     n = state["history_count"]
     k = state["history"].shape[1]
     for j in range(n):
-        _store(state, j, change_basis(_columns(state, slice(j, j + 1), 0, k, torch.float32)[0]))
+        _store(state, j, change_basis(_columns(state, slice(j, j + 1), 0, k, torch.float32)[0]), shard)
     state["gram"].zero_()
     for j in range(n):
-        _gram_update(state, j, n)
+        _gram_update(state, j, n, shard=shard)

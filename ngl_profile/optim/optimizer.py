@@ -15,10 +15,9 @@ from itertools import chain
 
 import torch
 
-from ngl_profile.optim import natural
+from ngl_profile.optim import natural, sharded
 from ngl_profile.optim.backoff import BackoffWatch, total_backoffs
-from ngl_profile.optim.projector import (PROJ_TYPES, SVD_METHODS, add_projected_back, clamp_rank, compute_basis, project,
-                        projected_shape, resolve_side, rotate)
+from ngl_profile.optim.projector import PROJ_TYPES, SVD_METHODS, clamp_rank, projected_shape, resolve_side, rotate
 from ngl_profile.optim.rules import STATE_DTYPES, Adam8bitRule, AdafactorRule, AdamRule
 from ngl_profile.optim.state_keys import category_of, merge
 from ngl_profile.optim.values import has_values
@@ -69,6 +68,12 @@ def _validate_low_rank(group: dict) -> None:
 # the state keys this module creates (in _begin and _project); the rule and natural.py declare theirs
 _STATE_CATEGORIES = {"step": "moments", "nonfinite_skips": "moments",  # ints: Adam's t, skip counter
                      "proj_factors": "projectors", "proj_*": "projectors"}  # basis factors proj_0, proj_1, …
+
+
+def _kernels(group: dict) -> bool | str:
+    # compile=True: the faster of the compiled and the eager window passes, timed once per kind
+    # of window (choice.py; NGL_PROFILE_KERNELS forces one); False: eager
+    return "auto" if group["compile"] else False
 
 
 class _NaturalGaLore(torch.optim.Optimizer):
@@ -125,11 +130,19 @@ class _NaturalGaLore(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         live = [(p, g) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        # DTensor (FSDP2) parameters are stepped as their local rows; sharded.py says what that
+        # communicates. Plain parameters pass through unchanged.
+        with sharded.local_views(self.state, live) as local:
+            self._step_live(local)
+        return loss
+
+    def _step_live(self, live: list) -> None:
         verdicts = [None] * len(live)
         if self._check_whole_step(live):
             # on a GPU every host read stalls the launch queue: one read for the whole step (one
             # extra pass over the gradients, cheap at HBM bandwidth) instead of one per parameter
             finite = torch.stack(torch._foreach_norm([p.grad for p, _ in live])).isfinite()
+            finite = sharded.agree(finite, live)  # shards: every rank skips the same updates
             # shape-only tensors (an estimate) hold no verdict to read: assume finite, as all_finite does
             verdicts = finite.tolist() if has_values(finite) else [True] * len(live)
         waiting = []  # pushed into their windows, waiting for the batched solve
@@ -141,10 +154,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
             ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting],
                                  self._backoff_watch.tally)
             for (p, group, side, shape, dtype), w in zip(waiting, ws):
-                g_tilde = natural.combine(self.state[p], w, group["compile"], dtype).view(shape)
+                g_tilde = natural.combine(self.state[p], w, _kernels(group), dtype).view(shape)
                 self._finish(p, group, g_tilde, side)
             self._backoff_watch.check()  # CPU: a free read; GPU: no sync (backoff.py)
-        return loss
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
     # free and the extra pass over every gradient is not: ~7 % of a GaLore step measured on 2 cores)
@@ -153,6 +165,8 @@ class _NaturalGaLore(torch.optim.Optimizer):
     def _check_whole_step(self, live) -> bool:
         if not live:
             return False
+        if any(sharded.context(p) is not None for p, _ in live):
+            return True  # one agreed verdict per step (sharded.agree), whatever the device
         if self.whole_step_check is not None:
             return self.whole_step_check
         return live[0][0].grad.is_cuda and len(live) > 1
@@ -178,7 +192,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if finite is False:
             state["nonfinite_skips"] += 1
             return None
-        side = resolve_side(p.shape, group["proj_type"]) if low_rank else None
+        side = resolve_side(sharded.shape(p), group["proj_type"]) if low_rank else None
         g = self._project(p, state, group, side, checked=finite) if low_rank else p.grad
         if g is None or (finite is None and not natural.all_finite(g)):
             state["nonfinite_skips"] += 1
@@ -186,7 +200,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if low_rank and group["history_size"] > 0:
             if "history" not in state:
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
-            natural.push(state, g.reshape(-1), group["compile"])
+            natural.push(state, g.reshape(-1), _kernels(group), sharded.context(p))
             return side, g.shape, g.dtype
         self._finish(p, group, g, side)
         return None
@@ -195,6 +209,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         """Moments, then p ← p − lr·c·scale·project_back(N) and the decoupled weight decay.
         `side`: the projection side of a low-rank parameter; None for a plain one."""
         state = self.state[p]
+        g = sharded.follow(g, p, self._basis(state) if side else None, side)  # a shard: its rows, for the rule
         if state["step"] == 0:
             self.rule.init(state, g, group)
         state["step"] += 1
@@ -203,7 +218,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if side is not None or not (fused and fused(p, state, group, t)):
             n, c = self.rule.direction(state, g, group, t)
             if side is not None:
-                add_projected_back(p, n, self._basis(state), side, -group["lr"] * c * group["scale"])
+                sharded.add_projected_back(p, n, self._basis(state), side, -group["lr"] * c * group["scale"])
             else:
                 p.add_(n, alpha=-group["lr"] * c)
         if group["weight_decay"] > 0:
@@ -220,28 +235,31 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if state["step"] % group["update_proj_gap"] == 0:
             if not checked and not natural.all_finite(grad):  # an SVD of NaN would poison P
                 return None
-            ranks = clamp_rank(tuple(p.shape), group["rank"], side)
+            ranks = clamp_rank(sharded.shape(p), group["rank"], side)
             if min(ranks) < group["rank"] and not self._rank_warned:
                 self._rank_warned = True
                 warnings.warn(f"rank {group['rank']} exceeds what a {tuple(p.shape)} tensor allows; "
                               f"clamped to {ranks} (warned once per optimizer)", stacklevel=4)
-            new = compute_basis(grad, ranks, side, group["svd"], seed=state["step"] + 1)
+            new = sharded.compute_basis(p, grad, ranks, side, group["svd"], seed=state["step"] + 1)
             if "proj_factors" in state and group["history_size"] > 0:
-                self._on_subspace_change(state, group, side, self._basis(state), new, ranks, p.shape)
+                self._on_subspace_change(state, group, side, self._basis(state), new, ranks, p.shape,
+                                         sharded.context(p))
             state["proj_factors"] = len(new)
             for i, factor in enumerate(new):
                 state[f"proj_{i}"] = factor
-        return project(grad, self._basis(state), side)
+        return sharded.project(p, grad, self._basis(state), side)
 
     @staticmethod
-    def _on_subspace_change(state, group, side, old, new, ranks, shape) -> None:
+    def _on_subspace_change(state, group, side, old, new, ranks, shape, shard=None) -> None:
         policy = group["on_subspace_change"]
         if policy == "reset":
             natural.reset_window(state)
         elif policy == "rotate":
             low_shape = projected_shape(tuple(shape), ranks, side)
             old32, new32 = tuple(u.float() for u in old), tuple(u.float() for u in new)
-            natural.rotate_window(state, lambda col: rotate(col.view(low_shape), old32, new32, side).reshape(-1))
+            change = (sharded.rotation(shard, old32, new32, side)  # a left shard: needs the other rows
+                      or (lambda col: rotate(col.view(low_shape), old32, new32, side).reshape(-1)))
+            natural.rotate_window(state, change, shard)
         # "keep" (the official code's behaviour): old-basis columns stay in the window as they are
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -13,7 +13,8 @@ from functools import lru_cache
 
 import torch
 
-from ngl_profile.optim.values import real_constants
+from ngl_profile.optim import sharded
+from ngl_profile.optim.values import has_values, real_constants
 
 __all__ = ["AdamRule", "Adam8bitRule", "AdafactorRule", "STATE_DTYPES", "moment_dtype"]
 
@@ -37,6 +38,8 @@ class AdamRule:
     def direction(self, state: dict, g: torch.Tensor, group: dict, t: int):
         beta1, beta2 = group["betas"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
+        if _fusable(g, m, v):
+            return _fused_direction(g, m, v, group, t), 1.0
         out = g.dtype
         g = g.to(m.dtype)  # no copy unless the moments are wider than g (a g-sized temporary)
         m.mul_(beta1).add_(g, alpha=1 - beta1)
@@ -45,6 +48,28 @@ class AdamRule:
         return n.to(out), math.sqrt(1 - beta2**t) / (1 - beta1**t)
 
     fused_full_update = None
+
+
+def _fusable(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor) -> bool:
+    # torch's fused Adam wants one dtype for all three and plain (or shape-only) tensors: a DTensor
+    # or a wider moment dtype (state_dtype) takes the six-op path
+    return (g.dtype == m.dtype == v.dtype and g.device.type in ("cpu", "cuda")
+            and all(type(x) is torch.Tensor or not has_values(x) for x in (g, m, v)))
+
+
+def _fused_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, group: dict, t: int) -> torch.Tensor:
+    """The bias-corrected Adam direction √(1−β₂ᵗ)/(1−β₁ᵗ) · M/(√V + ε) in one pass over g, M and V
+    (torch._fused_adam_ on a zeroed buffer, lr = −1) instead of six, with one g-sized buffer where
+    the six ops make two. Measured on 2 cores, llama-60m's 56 projected gradients (rank 128): 12 ms
+    against 15–24 ms. torch's kernel adds ε to √V/√(1−β₂ᵗ), so ε/√(1−β₂ᵗ) is passed: the same
+    quotient, rounded in another order (moments to ≤ 1 ulp; tests compare to galore-torch)."""
+    beta1, beta2 = group["betas"]
+    n = torch.zeros_like(m)
+    # a fill, not torch.tensor(t): on a GPU the latter is a host→device copy per parameter
+    step = torch.full((), float(t), dtype=torch.float32, device=g.device)
+    torch._fused_adam_([n], [g], [m], [v], [], [step], lr=-1.0, beta1=beta1, beta2=beta2, weight_decay=0.0,
+                       eps=group["eps"] / math.sqrt(1 - beta2**t), amsgrad=False, maximize=False)
+    return n
 
 
 _BLOCK = 256  # bitsandbytes' block size for its 8-bit blockwise optimizers
@@ -74,7 +99,7 @@ class Adam8bitRule(AdamRule):
                         "exp_avg_absmax": "quant_stats", "exp_avg_sq_absmax": "quant_stats"}
 
     def init(self, state: dict, g: torch.Tensor, group: dict) -> None:
-        if g.numel() < _MIN_8BIT:
+        if sharded.numel(g) < _MIN_8BIT:  # a shard: decided on the whole tensor, as one process does
             return AdamRule.init(self, state, g.float(), group)
         blocks = -(-g.numel() // _BLOCK)
         for key in ("exp_avg", "exp_avg_sq"):
@@ -135,18 +160,19 @@ class AdafactorRule:
 
     def direction(self, state: dict, g: torch.Tensor, group: dict, t: int):
         beta2t = 1.0 - t ** group["decay_rate"]
+        rows = sharded.context(g)  # g one rank's rows: means over rows and the RMS span every rank
         g32 = g.float()
         sq = g32.square().add_(group["eps"])
         if g.dim() >= 2:
             row, col = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             row.lerp_(sq.mean(dim=-1), 1.0 - beta2t)
-            col.lerp_(sq.mean(dim=-2), 1.0 - beta2t)
-            r = (row / row.mean(dim=-1, keepdim=True)).rsqrt_().unsqueeze(-1)
+            col.lerp_(sharded.mean(sq, -2, rows), 1.0 - beta2t)
+            r = (row / sharded.mean(row, -1, rows, keepdim=True)).rsqrt_().unsqueeze(-1)
             u = g32 * r * col.unsqueeze(-2).rsqrt()
         else:
             state["exp_avg_sq"].lerp_(sq, 1.0 - beta2t)
             u = g32 * state["exp_avg_sq"].rsqrt()
-        rms = u.norm() / math.sqrt(u.numel())
+        rms = sharded.norm(u, rows) / math.sqrt(sharded.numel(g))
         u.div_((rms / group["clip_threshold"]).clamp_(min=1.0))
         if group.get("beta1"):
             state["exp_avg"].lerp_(u.to(state["exp_avg"].dtype), 1.0 - group["beta1"])

@@ -277,9 +277,11 @@ def code_path(name: str, hparams: dict, target: str = "cpu", precision: str = "b
     if base == "galore-torch":
         note = ", moments in the weights' dtype (it has no float32-state option)" if fp32_state else ""
         return f"galore-torch GaLoreAdamW, for-loop{note}"
-    # fake tensors never reach torch.compile: an estimate counts the eager kernels' temporaries
-    kernels = ("eager kernels" if hparams.get("compile") is False or estimated
-               else "compiled window kernels where torch.compile works")
+    # an estimate times nothing: it assumes the compiled window kernels (their outputs only), which
+    # a measured run's chooser (optim/choice.py, NGL_PROFILE_KERNELS) picks unless eager is faster
+    kernels = ("eager kernels" if hparams.get("compile") is False
+               else "window kernels assumed compiled" if estimated
+               else "window kernels chosen by timing (compiled or eager)")
     state = ", float32 moments" if fp32_state and "8bit" not in base else ""
     whole = ", one finiteness check per step" if target == "cuda" and not per_layer else ""
     return f"ngl_profile {base}, {kernels}{state}{whole}{per_layer}"
