@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
                         "the table and progress go to stderr")
     _units_argument(r)
     _recipe_arguments(r)
+    # data parallel on torch.distributed (engine/distributed): figures per rank = per GPU
+    r.add_argument("--parallelism", choices=("none", "ddp", "fsdp2"),
+                   help="none (one process, the default), ddp or fsdp2; an estimate plays rank 0 of --world-size "
+                        "in one process, a measured run starts --world-size ranks with torchrun")
+    r.add_argument("--world-size", type=int, help="ranks (GPUs) for ddp/fsdp2; batch_size is per rank")
 
     ls = sub.add_parser("list", help="list models, gpus, optimizers or scenarios")
     ls.add_argument("what", choices=("models", "gpus", "optimizers", "scenarios"))
@@ -130,6 +135,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--md", action="store_true", help="print Markdown instead of a terminal table")
     _units_argument(c)
 
+    # quality mode (ngl_profile/quality/): real training, loss against memory
+    from ngl_profile.quality.command import lr_list
+
+    tr = sub.add_parser("train", help="train every optimizer of a scenario with a [quality] table on real text: "
+                        "held-out loss over seeds against peak memory")
+    tr.add_argument("scenario", help="preset (quality-tiny, quality-60m) or a .toml file with a [quality] table")
+    tr.add_argument("--out", type=Path, help="output directory (default reports/<scenario>-<device>-<UTC time>/)")
+    tr.add_argument("--steps", type=int, help="training steps per run; overrides quality.steps")
+    tr.add_argument("--seeds", type=int, help="runs per optimizer; overrides quality.seeds")
+    tr.add_argument("--eval-every", type=int, help="steps between held-out evaluations")
+    tr.add_argument("--lr-grid", type=lr_list, metavar="LR1,LR2,...",
+                    help="tune each case without its own lr over these; overrides quality.lr_grid")
+    tr.add_argument("--tune-steps", type=int, help="steps of each tuning run (0: --steps)")
+    tr.add_argument("--optimizers", type=_csv, help="comma-separated subset (labels or names)")
+    tr.add_argument("--device", choices=("cpu", "cuda"), help="where to train (default: cuda if present)")
+    tr.add_argument("--threads", type=int, help="torch CPU threads (default: torch's); 1 is faster for a tiny "
+                    "model on a busy machine")
+    tr.add_argument("--force", action="store_true", help="overwrite a results.json already in --out")
+
     ch = sub.add_parser("check", help="fail (exit 1) when a run regresses against a baseline")
     ch.add_argument("results", type=Path, help="the run to check (results.json or its directory)")
     ch.add_argument("--baseline", type=Path, required=True, help="the results file to check against")
@@ -146,6 +170,7 @@ _EXAMPLES = """examples:
   ngl-profile fit 7b --optimizer natural-galore-8bit-layerwise --vary history_size,history_dtype
   ngl-profile compare runA runB --md            side by side, with deltas
   ngl-profile check run --baseline base.json    exit 1 on a regression
+  ngl-profile train quality-tiny --out q        held-out loss against memory, trained on real text
 
 exit codes: 0 ok, 1 regression (check), 2 bad input, 3 a case crashed (run), 4 internal error,
 130 interrupted, 143 terminated"""
@@ -216,6 +241,10 @@ def _dispatch(args) -> int:
         from ngl_profile.commands import compare
 
         return compare(args)
+    if args.command == "train":
+        from ngl_profile.commands import train
+
+        return train(args)
     from ngl_profile.commands import check
 
     return check(args)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["run", "list_things", "fit", "report", "compare", "check", "CASE_FAILED"]
+__all__ = ["run", "list_things", "fit", "report", "compare", "check", "train", "CASE_FAILED"]
 
 CASE_FAILED = 3  # `run` finished, but at least one case crashed (recorded in results.json)
 
@@ -59,7 +59,8 @@ def run(args) -> int:
     scn = load_scenario(args.scenario)
     # --attention with --model: a model without SDPA is refused before the recipe is applied
     scn = scn.with_overrides(gpu=args.gpu, mode=args.mode, model=getattr(args, "model", None),
-                             attention=getattr(args, "attention", None))
+                             attention=getattr(args, "attention", None),
+                             parallelism=getattr(args, "parallelism", None), world_size=getattr(args, "world_size", None))
     if args.optimizers:
         scn = scn.select(args.optimizers)
     scn = _with_recipe(scn, args)
@@ -95,6 +96,12 @@ def run(args) -> int:
         from ngl_profile.report.tables import rich_summary
 
         console.print(rich_summary(result, args.units))
+        from ngl_profile.report.ranks import is_distributed
+
+        if is_distributed(result):  # DDP/FSDP2: every rank's figures (report/ranks.py)
+            from ngl_profile.report.ranks import rich_ranks
+
+            console.print(rich_ranks(result, args.units))
         for c in result.cases:
             if c.status != "ok":
                 console.print(f"[yellow]{c.label}: {c.status}: {c.message}[/]")
@@ -103,6 +110,12 @@ def run(args) -> int:
             from ngl_profile.report.render import render_report
 
             files = render_report([result], out, args.units)
+            if is_distributed(result):
+                from ngl_profile.report.ranks import per_rank, ranks_markdown
+
+                chart = per_rank(result, out / "per_rank.png", args.units)
+                (out / "ranks.md").write_text(ranks_markdown(result, args.units, chart and chart.name))
+                files += [out / "ranks.md"] + ([chart] if chart else [])
             console.print(f"report: {out / 'report.md'} ({len(files)} files)")
     if as_json:
         import sys
@@ -323,3 +336,10 @@ def check(args) -> int:
                             update_baseline=args.update_baseline, export_benchmark_json=args.export_benchmark_json)
     print_check(outcome, _console())
     return outcome.exit_code  # 1 only for a regression; refusals raise (exit 2), bugs exit 4 in cli.py
+
+
+def train(args) -> int:
+    """`ngl-profile train`: quality mode (ngl_profile/quality/command.py)."""
+    from ngl_profile.quality.command import train_command
+
+    return train_command(args)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ngl_profile.analysis.regress import (SAME_SCENARIO, duplicate_label, machine_difference, metrics,
-                                          scenario_value)
-from ngl_profile.analysis.spread import bands
+from ngl_profile.analysis.regress import (LOSS, SAME_SCENARIO, duplicate_label, machine_difference, metrics,
+                                          scenario_value, spread_bands)
 from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import RunResult
 
@@ -112,16 +111,18 @@ def comparison(runs: list[RunResult]) -> Comparison:
         for k in SAME_SCENARIO + ("mode",):
             a, b = (runs[0].mode, r.mode) if k == "mode" else (scenario_value(runs[0], k), scenario_value(r, k))
             if a != b:
-                warnings.append(f"[{i}] is not like [0]: " + ("another model config" if k == "model_config"
-                                                                 else f"{k} {b!r} vs {a!r}"))
+                warnings.append(f"[{i}] is not like [0]: " + (
+                    "another model config" if k == "model_config" else
+                    "another training protocol or corpus ([quality])" if k == "quality" else f"{k} {b!r} vs {a!r}"))
         speeds = all(any(c.tokens_per_s for c in x.cases) for x in (runs[0], r))
         other = machine_difference(runs[0], r) if speeds else None
         if other:
             warnings.append(f"[{i}] measured its speed on another machine or software than [0] ({other}): "
                             "its tokens/s compare only as ratios to AdamW")
-    ms, spreads = [metrics(r) for r in runs], [bands(r) for r in runs]
-    timed = ["tokens_per_s", "tokens_per_s.adamw_ratio", "optimizer_step_s", "optimizer_step.adamw_ratio"]
-    keys = ["memory.peak"] + [f"memory.{k}" for k in CATEGORIES] + timed
+    ms, spreads = [metrics(r) for r in runs], [spread_bands(r) for r in runs]
+    # the held-out loss's band is over seeds, not timed steps; it is a row only for `train` runs
+    timed = ["tokens_per_s", "tokens_per_s.adamw_ratio", "optimizer_step_s", "optimizer_step.adamw_ratio", LOSS]
+    keys = [LOSS, "memory.peak"] + [f"memory.{k}" for k in CATEGORIES] + timed[:-1]
     rows, matches = [], []
     shown: set[str] = set()
     for g in _match_cases(runs):

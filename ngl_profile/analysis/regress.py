@@ -20,6 +20,9 @@ A threshold is a tiny check object: `check(baseline, current) -> message | None`
   by as much as the steps scatter is not a regression. The price: a noisy run (a wide IQR) needs a
   larger slowdown to fail, by about its half-widths. A median beyond the limit that the spread explains
   is a note, not a failure; a regression's message gives both IQRs.
+- Held-out loss (`ngl-profile train` runs, ngl_profile/quality/): a loss regression is a regression. The
+  median over seeds must rise by more than heldout_loss_rel, and the seeds' quartile bands lie apart by
+  more than it — the speed rule above with seeds in place of timed steps. Runs without it are not judged.
 - A figure the baseline measured (> 0) that the results lack — 0, null, NaN, missing — fails
   whatever the limits: a case that stopped measuring must not pass as one that did not slow down.
 
@@ -33,17 +36,17 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ngl_profile.analysis.spread import Band, bands, separation
+from ngl_profile.analysis.spread import Band, band_of, bands, separation
 from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import ResultsError, RunResult, load_results, write_json_atomic
 from ngl_profile.schema.thresholds import MiB, Thresholds
 
 __all__ = ["Thresholds", "Check", "Row", "Verdict", "CheckOutcome", "metrics", "build_checks", "evaluate",
            "incomplete", "machine_difference", "duplicate_label", "load_thresholds", "check_results",
-           "benchmark_json", "fmt_value", "fmt_band", "SAME_SCENARIO", "scenario_value"]
+           "benchmark_json", "fmt_value", "fmt_band", "SAME_SCENARIO", "scenario_value", "spread_bands", "LOSS"]
 
 SAME_SCENARIO = ("model", "model_config", "seq_len", "batch_size", "dtype", "precision", "attention",
-                 "checkpointing", "code_paths")
+                 "checkpointing", "code_paths", "quality")
 
 
 def scenario_value(run: RunResult, key: str):
@@ -59,6 +62,12 @@ def scenario_value(run: RunResult, key: str):
         return (scn.get("code_paths") or "cpu") if run.mode == "estimated" else "the device's"
     if key == "model_config":
         return (scn.get("model_config") or {}).get("config")
+    if key == "quality":  # the protocol and the corpus's bytes, not where this machine keeps them
+        q = scn.get("quality")
+        if not isinstance(q, dict):
+            return None
+        corpus = q.get("corpus") if isinstance(q.get("corpus"), dict) else {}
+        return {**{k: v for k, v in q.items() if k not in ("corpus", "baselines")}, "corpus": corpus.get("sha256")}
     return scn.get(key)
 # Absolute speed compares only on the same device, host and hot-path software: device_name (the GPU;
 # on a CPU only "CPU (<arch>)", hence also machine, cpu_count and torch_threads), platform (the kernel
@@ -68,7 +77,9 @@ _SAME_MACHINE = ("device_name", "machine", "platform", "cpu_count", "torch_threa
                  "driver")
 _MUST_RECORD = ("device_name", "machine", "cpu_count", "torch")
 _SHOWN = ("memory.peak", "memory.history", "tokens_per_s", "tokens_per_s.adamw_ratio", "optimizer_step_s",
-          "optimizer_step.adamw_ratio")
+          "optimizer_step.adamw_ratio", "loss.heldout")
+LOSS = "loss.heldout"
+"""the held-out loss (nats per byte), median over seeds, of a `ngl-profile train` run's case"""
 _RATIO_OF = {"tokens_per_s.adamw_ratio": "tokens_per_s", "optimizer_step.adamw_ratio": "optimizer_step_s"}
 
 
@@ -90,6 +101,8 @@ def fmt_value(metric: str, v) -> str:
         return f"{v / MiB:,.2f} MiB"
     if metric.endswith("ratio"):
         return f"{v:.3f}"
+    if metric.startswith("loss."):
+        return f"{v:.4f} nats/byte"
     if metric == "tokens_per_s":
         return f"{v:,.0f} tokens/s"
     return f"{v * 1e3:,.3f} ms"
@@ -163,7 +176,19 @@ def metrics(run: RunResult) -> dict[str, dict[str, float | None]]:
         tps, step = _positive(c.tokens_per_s), _positive(m["optimizer_step_s"])
         m["tokens_per_s.adamw_ratio"] = tps / ref_tps if tps and ref_tps else None
         m["optimizer_step.adamw_ratio"] = step / ref_step if step and ref_step else None
+        quality = getattr(c, "quality", None)
+        m[LOSS] = quality.get("heldout_loss") if isinstance(quality, dict) else None
         out[c.label] = m
+    return out
+
+
+def spread_bands(run: RunResult) -> dict[str, dict[str, Band | None]]:
+    """analysis/spread.py's bands, plus the held-out loss's quartile band over seeds where recorded."""
+    out = bands(run)
+    for c in run.cases:
+        quality = getattr(c, "quality", None)
+        if isinstance(quality, dict):
+            out[c.label][LOSS] = band_of(quality.get("heldout_loss"), quality.get("heldout_loss_stats"))
     return out
 
 
@@ -189,6 +214,8 @@ def build_checks(labels, th: Thresholds, absolute: bool = True) -> list[Check]:
         checks.append(Check(label, "optimizer_step_s", +1, th.step_time_abs_rel if absolute else None,
                             th.step_time_abs_floor_s, required=True))
         checks.append(Check(label, "optimizer_step.adamw_ratio", +1, th.step_time_rel))
+        # only where the baseline has a held-out loss (a train run): judge() passes a missing baseline
+        checks.append(Check(label, LOSS, +1, th.heldout_loss_rel, required=True))
     return checks
 
 
@@ -287,7 +314,7 @@ def evaluate(baseline: RunResult, current: RunResult, th: Thresholds) -> Verdict
         v.notes.append("the baseline does not list its planned cases (an older file), so it cannot be shown "
                        "to be uninterrupted; re-make it with --update-baseline")
     mb, mc = metrics(baseline), metrics(current)
-    sb, sc = bands(baseline), bands(current)
+    sb, sc = spread_bands(baseline), spread_bands(current)
     judged = []
     for label in mb:
         now = current.case(label)

@@ -52,6 +52,9 @@ def run_case(spec: CaseSpec | dict) -> CaseResult:
     scn, case, mode = spec.scenario, spec.case, spec.mode
     estimated = mode == "estimated"
     device = torch.device("cpu" if estimated else spec.device)
+    dist_ctx = _join_group(scn, estimated, spec.device)  # outside FakeTensorMode: the mesh needs real ranks
+    if dist_ctx is not None and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (LOCAL_RANK)
     dtype = getattr(torch, scn.dtype)
     gpu = get_gpu(scn.gpu)
     result = CaseResult(optimizer={"name": case.name, "label": case.label, "hparams": spec.hparams},
@@ -73,7 +76,7 @@ def run_case(spec: CaseSpec | dict) -> CaseResult:
         fake = FakeTensorMode(allow_non_fake_inputs=True)
     # an estimate is for a GPU: the optimizers must allocate as their CUDA code paths do
     target = "cuda" if cuda or (estimated and scn.code_paths == "gpu") else "cpu"
-    tracker = MemoryTracker()
+    tracker = MemoryTracker() if dist_ctx is None else dist_ctx.tracker()
     same_attention_path = _unpacked_batches()
     gen = None if estimated else torch.Generator(device=device).manual_seed(0)
     model = opt = None
@@ -81,6 +84,8 @@ def run_case(spec: CaseSpec | dict) -> CaseResult:
         with same_attention_path, fake if fake is not None else contextlib.nullcontext():
             model = build_model(scn.model_spec, dtype, scn.checkpointing, device=device,
                                 attention="eager" if scn.attention == "eager" else "sdpa")
+            if dist_ctx is not None:  # DDP or FSDP2 before the optimizer: it must hold the sharded parameters
+                model = dist_ctx.wrap(model, tracker)
             tracker.attach(model)  # before the optimizer: its grad hooks must run before layerwise ones
             result.code_path = code_path(case.name, spec.hparams, target, scn.precision, estimated)
             opt = build(case.name, model, target=target, precision=scn.precision, **result.optimizer["hparams"])
@@ -113,8 +118,19 @@ def run_case(spec: CaseSpec | dict) -> CaseResult:
         tracker.detach()
         del model, opt
         gc.collect()
+        if dist_ctx is not None:
+            dist_ctx.finish(result, tracker)
     result.duration_s = time.perf_counter() - t_start
     return result
+
+
+def _join_group(scn, estimated: bool, device: str):
+    """The distributed context for a DDP/FSDP2 scenario (engine/distributed), else None."""
+    if scn.parallelism == "none":
+        return None
+    from ngl_profile.engine.distributed import setup
+
+    return setup(scn.parallelism, scn.world_size, estimated, device)
 
 
 def _tracked_steps(model, opt, scn, device, gen, tracker) -> list[float]:

@@ -47,9 +47,15 @@ def plan(scn: Scenario, requested: str) -> tuple[str, str]:
 
     cuda = _cuda_available()
     if requested == "auto":
+        if cuda and scn.parallelism != "none":  # measured only where every rank has its own GPU
+            import torch
+
+            cuda = scn.world_size <= torch.cuda.device_count()
         return ("measured", "cuda") if cuda else ("estimated", "cpu")
     if requested == "estimated":
         return "estimated", "cpu"
+    if scn.parallelism != "none":
+        _check_ranks(scn, cuda)
     if cuda:
         return "measured", "cuda"
     import psutil
@@ -60,6 +66,18 @@ def plan(scn: Scenario, requested: str) -> tuple[str, str]:
         raise RunRefused(f"measured mode needs a CUDA GPU for {scn.model}: about {need / 2**30:.0f} GiB "
                          f"on this CPU, {have / 2**30:.0f} GiB available (use --mode estimated)")
     return "measured", "cpu"
+
+
+def _check_ranks(scn: Scenario, cuda: bool) -> None:
+    """A measured DDP/FSDP2 run starts world_size real ranks here: one per GPU, or (CPU, gloo) at
+    most one per core."""
+    import torch
+
+    have = torch.cuda.device_count() if cuda else (os.cpu_count() or 1)
+    if scn.world_size > have:
+        what = "CUDA GPUs" if cuda else "CPU cores"
+        raise RunRefused(f"measured {scn.parallelism} with world_size {scn.world_size} needs that many ranks on "
+                         f"this machine; it has {have} {what} (use --mode estimated for any world size)")
 
 
 def environment(device: str) -> dict:
@@ -210,7 +228,10 @@ def _run_child(spec: CaseSpec, workdir: Path, index: int, on_event, children: _C
     label = spec.case.label
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
     with open(err_path, "w") as err:
-        proc = children.start([sys.executable, "-m", "ngl_profile.engine.case", str(spec_path), str(out_path)],
+        # a measured DDP/FSDP2 case: torchrun's ranks, merged into one result (engine/distributed/launch.py)
+        entry = "ngl_profile.engine.distributed.launch" if spec.scenario.parallelism != "none" and \
+            spec.mode == "measured" else "ngl_profile.engine.case"
+        proc = children.start([sys.executable, "-m", entry, str(spec_path), str(out_path)],
                               stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         try:
             for line in proc.stdout:

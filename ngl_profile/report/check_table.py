@@ -61,6 +61,8 @@ def _pm(metric: str, band) -> str:
         return f" ±{h:.3f}"
     if metric == "tokens_per_s":
         return f" ±{h:,.0f}"
+    if metric.startswith("loss."):  # a held-out loss's band is over seeds
+        return f" ±{h:.4f}"
     return f" ±{h * 1e3:,.3f}"
 
 
@@ -121,6 +123,8 @@ def _cell(metric: str, v, unit=("MiB", MiB, 1), band=None) -> str:
         return f"{v:.3f}{_pm(metric, band)}"
     if metric == "tokens_per_s":
         return f"{v:,.0f}{_pm(metric, band)}"
+    if metric.startswith("loss."):
+        return f"{v:.4f}{_pm(metric, band)} nats/byte"
     return f"{v * 1e3:,.3f} ms{_pm(metric, band)}"  # seconds: a step time
 
 
@@ -136,6 +140,8 @@ def _delta(metric: str, a, b, unit=("MiB", MiB, 1)) -> str:
         shown = f"{d:+.3f}"
     elif metric == "tokens_per_s":
         shown = f"{d:+,.0f}"
+    elif metric.startswith("loss."):
+        shown = f"{d:+.4f}"
     else:
         shown = f"{d * 1e3:+,.3f} ms"
     if a == 0:  # no percentage of nothing

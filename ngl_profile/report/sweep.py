@@ -127,7 +127,8 @@ def sweep_figure(runs: list[RunResult]):
 # --- one scenario swept along one axis (`run --sweep`) ---
 
 AXIS_LABELS = {"seq_len": "sequence length (tokens)", "batch_size": "batch size (sequences per step)",
-               "rank": "projection rank (GaLore-style optimizers)", "history_size": "history window s (gradients)"}
+               "rank": "projection rank (GaLore-style optimizers)", "history_size": "history window s (gradients)",
+               "world_size": "world size (ranks = GPUs; peak per GPU, batch per rank)"}
 
 
 def _axis_points(runs: list[RunResult], axis: str) -> dict[str, list]:
@@ -162,6 +163,8 @@ def _fixed(runs: list[RunResult], axis: str) -> str:
     bits = [" × ".join(x for x in shape if x), s["dtype"], "/".join(sorted({r.mode for r in runs}))]
     if s.get("checkpointing"):
         bits.append("activation checkpointing")
+    if s.get("parallelism", "none") != "none":
+        bits.append(f"{s['parallelism']}" + (f" × {s.get('world_size')} ranks" if axis != "world_size" else ""))
     return ", ".join(bits)
 
 

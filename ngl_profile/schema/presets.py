@@ -39,11 +39,12 @@ from ngl_profile.schema.thresholds import Thresholds
 __all__ = ["ScenarioError", "load_scenario", "resolve_preset", "scenario_dir", "preset_names", "read_toml",
            "default_scenario", "DEFAULT_OPTIMIZERS"]
 
-_TABLES = ("scenario", "model", "optimizers", "thresholds")
+# [quality]: `ngl-profile train`'s table (ngl_profile/quality/config.py reads it; `run` ignores it)
+_TABLES = ("scenario", "model", "optimizers", "thresholds", "quality")
 DEFAULT_OPTIMIZERS = ("adamw", "adamw8bit", "galore", "natural-galore", "natural-galore-8bit-layerwise", "lora")
 """what `ngl-profile run <model>` compares, each at its defaults (low-rank ones at the model's rank)"""
 _SCENARIO_KEYS = ("name", "model", "seq_len", "batch_size", "dtype", "steps", "warmup", "gpu", "checkpointing",
-                  "mode", "lr", "precision", "attention", "code_paths")
+                  "mode", "lr", "precision", "attention", "code_paths", "parallelism", "world_size")
 
 
 class ScenarioError(ValueError):
@@ -121,7 +122,7 @@ def load_scenario(name_or_path: str) -> Scenario:
     unknown = sorted(set(data) - set(_TABLES))
     if unknown:
         raise ScenarioError(f"{path}: unknown table(s) {', '.join(unknown)}; "
-                            "allowed: [scenario], [model], [[optimizers]], [thresholds]")
+                            "allowed: [scenario], [model], [[optimizers]], [thresholds], [quality]")
     head = data.get("scenario")
     if not isinstance(head, dict):
         raise ScenarioError(f"{path}: missing [scenario] table")

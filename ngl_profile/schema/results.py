@@ -69,9 +69,19 @@ class CaseResult:
     code_path: str = ""
     """the optimizer implementation whose allocations were counted, e.g. "torch AdamW, foreach (CUDA
     default)": the same optimizer allocates differently on different code paths"""
+    distributed: dict = field(default_factory=dict)
+    """DDP/FSDP2 runs: parallelism, world_size, rank, backend, and roles_at_peak_bytes (what distribution
+    adds, counted inside weights and grads: unsharded weights, all-gather and reduce-scatter buffers,
+    unsharded grads, DDP's gradient buckets); empty for one process"""
+    ranks: list = field(default_factory=list)
+    """measured DDP/FSDP2 runs: every rank's own record (memory_bytes, peak_bytes, peak_phase,
+    distributed, status, message); the case's own figures are those of the rank with the largest peak"""
     damping_backoffs: int = 0
     """damping tiers Natural GaLore's solves climbed, summed: 1 for a solve made at 1e3·λ because the
     Cholesky failed at λ, 2 at 1e6·λ, 3 where none factored; 0 when every solve used the λ asked for"""
+    quality: dict | None = None
+    """`ngl-profile train`'s record (ngl_profile/quality/run.py): held-out loss over seeds (heldout_loss,
+    heldout_loss_stats), the lr and its sweep, the curves; None for a profile run"""
 
     @property
     def label(self) -> str:
@@ -313,6 +323,13 @@ _CASE = _record({
     "step_peaks_bytes": _list(_BYTES), "timeline": _list(_timeline_event),
     "cuda": _allocator_figures, "params": _object(_COUNT),
     "duration_s": _SECONDS, "skipped_updates": _COUNT, "damping_backoffs": _COUNT, "code_path": _string(),
+    "distributed": _record({"parallelism": _string("ddp", "fsdp2"), "world_size": _number(1, integer=True),
+                            "rank": _COUNT, "backend": _string(), "roles_at_peak_bytes": _object(_BYTES)}),
+    "ranks": _list(_record({"rank": _COUNT, "status": _string("ok", "oom", "error"), "message": _string(),
+                            "memory_bytes": _object(_BYTES), "peak_bytes": _BYTES, "peak_phase": _string(),
+                            "distributed": _object()}, required=("rank", "status"))),
+    "quality": _record({"heldout_loss": _number(0, optional=True), "heldout_loss_stats": _optional(_stats)},
+                       optional=True),
 }, required=("optimizer", "status"))
 _RUN = _record({
     "scenario": _record({"name": _string(nonempty=True), "model": _string(nonempty=True),

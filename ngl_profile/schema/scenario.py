@@ -15,7 +15,7 @@ from ngl_profile.zoo.hparams import is_int, is_number
 from ngl_profile.zoo.models import ModelSpec, model_record, resolve_model, supports_sdpa
 
 __all__ = ["Scenario", "OptimizerCase", "CaseSpec", "DTYPES", "MODES", "PRECISIONS", "ATTENTIONS",
-           "check_name", "safe_name"]
+           "PARALLELISMS", "check_name", "safe_name"]
 
 DTYPES = ("bfloat16", "float32")
 # precision recipe → the parameters' dtype. What each recipe holds in which dtype:
@@ -28,6 +28,8 @@ PRECISIONS = {"bf16": "bfloat16", "fp32": "float32", "mixed-bf16": "float32", "b
 # (the same saved tensors: output and log-sum-exp), since the flash-attn package is CUDA-only
 ATTENTIONS = ("sdpa", "eager", "flash_attention_2")
 MODES = ("auto", "measured", "estimated")
+PARALLELISMS = ("none", "ddp", "fsdp2")
+MAX_WORLD_SIZE = 1 << 16
 # a scenario name becomes a directory and file prefix: letters, digits and . _ + - only, no "..",
 # so no name can write outside the output folder
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
@@ -128,6 +130,12 @@ class Scenario:
     step) or cpu (the CPU's, to compare with a CPU measurement); a measured run runs its device's"""
     mode: str = "auto"
     """auto (measured where the device allows, else estimated), measured or estimated"""
+    parallelism: str = "none"
+    """none (one process), ddp (torch DistributedDataParallel) or fsdp2 (torch fully_shard, one group
+    per decoder layer plus the root); figures are per rank (per GPU)"""
+    world_size: int = 1
+    """ranks (GPUs) in data parallel; batch_size is per rank. An estimate plays rank 0 of them in one
+    process; a measured run starts this many with torchrun"""
     lr: float = 1e-3
     """learning rate for optimizers that do not set their own"""
     optimizers: list[OptimizerCase] = field(default_factory=list)
@@ -153,6 +161,13 @@ class Scenario:
             raise ValueError("attention flash_attention_2 needs bf16 compute; precision fp32 runs float32 "
                              "attention (use sdpa, or precision mixed-bf16)")
         _require(isinstance(self.mode, str) and self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}")
+        _require(isinstance(self.parallelism, str) and self.parallelism in PARALLELISMS, "parallelism",
+                 self.parallelism, f"one of {', '.join(PARALLELISMS)}")
+        _require(is_int(self.world_size) and 1 <= self.world_size <= MAX_WORLD_SIZE, "world_size", self.world_size,
+                 f"an integer in [1, {MAX_WORLD_SIZE}]")
+        if self.parallelism == "none" and self.world_size != 1:
+            raise ValueError(f"world_size {self.world_size} needs parallelism ddp or fsdp2 (parallelism is none: "
+                             "one process)")
         _require(isinstance(self.checkpointing, bool), "checkpointing", self.checkpointing, "true or false")
         _require(is_number(self.lr) and self.lr > 0, "lr", self.lr, "a finite number > 0")
         _require(isinstance(self.gpu, str), "gpu", self.gpu, "a GPU name in quotes (see `ngl-profile list gpus`)")

@@ -14,8 +14,8 @@ from ngl_profile.schema.scenario import OptimizerCase, Scenario
 
 __all__ = ["SWEEP_AXES", "Sweep", "label_tag", "parse_sweep", "sweep_value", "takes"]
 
-SWEEP_AXES = ("seq_len", "batch_size", "rank", "history_size")
-_SCENARIO_AXES = ("seq_len", "batch_size")
+SWEEP_AXES = ("seq_len", "batch_size", "rank", "history_size", "world_size")
+_SCENARIO_AXES = ("seq_len", "batch_size", "world_size")
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ __all__ = ["Thresholds", "MiB"]
 
 MiB = 1 << 20
 
-_RELATIVE = ("memory_rel", "throughput_rel", "step_time_rel", "throughput_abs_rel", "step_time_abs_rel")
+_RELATIVE = ("memory_rel", "throughput_rel", "step_time_rel", "throughput_abs_rel", "step_time_abs_rel",
+             "heldout_loss_rel")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -29,6 +30,9 @@ class Thresholds:
     step_time_abs_floor_s: float = 0.0005
     """a rise of the absolute optimizer step time smaller than this never fails (a per-layer
     optimizer's step() is tens of µs: scheduler jitter alone moves it by more than 25 %)"""
+    heldout_loss_rel: float = 0.02
+    """max relative increase of the held-out loss (`ngl-profile train` runs): the median over seeds must
+    rise by more than this, and the seeds' quartile bands lie apart by more than it, to fail"""
 
     def __post_init__(self) -> None:
         for key in _RELATIVE:
