@@ -36,8 +36,11 @@ def train_command(args) -> int:
                                eval_every=args.eval_every)
     if args.optimizers:
         scn = scn.select(args.optimizers)
-        spec = spec.with_overrides(official_formula=[x for x in spec.official_formula
-                                                     if x in {c.label for c in scn.optimizers}])
+        kept = {c.label for c in scn.optimizers}
+        grid = spec.lr_grid
+        if isinstance(grid, dict):  # a grid for a case left out is no error
+            grid = {k: v for k, v in grid.items() if k in kept or k == "*"}
+        spec = spec.with_overrides(official_formula=[x for x in spec.official_formula if x in kept], lr_grid=grid)
         check_trainable(scn, spec, args.scenario)
     if args.threads is not None:
         if args.threads < 1:

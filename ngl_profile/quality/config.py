@@ -8,6 +8,8 @@
     warmup_fraction = 0.1        # linear warm-up, then cosine decay to min_lr_ratio × lr (GaLore's schedule)
     min_lr_ratio = 0.1
     lr_grid = [1e-3, 3e-3, 1e-2] # each case without its own lr is tuned over these (empty: no sweep)
+    # or one grid per case label, "*" for every other case:
+    # lr_grid = { adamw = [1e-3, 3e-3, 1e-2], "*" = [3e-3, 1e-2, 3e-2] }
     tune_steps = 0               # steps of a tuning run (0: steps), one seed, judged on the tune split
     official_formula = ["ngl s=10"]  # natural-galore labels also run with the official printed formula
     max_bytes = 0                # cap on the corpus (whole files; 0: all of it)
@@ -43,8 +45,9 @@ class QualitySpec:
     """share of the steps with a linear learning-rate warm-up"""
     min_lr_ratio: float = 0.1
     """the cosine decay's floor, as a fraction of the peak lr (GaLore's torchrun_main default)"""
-    lr_grid: list = field(default_factory=list)
-    """learning rates a case without its own lr is tuned over (empty: the scenario's lr, no sweep)"""
+    lr_grid: list | dict = field(default_factory=list)
+    """learning rates a case without its own lr is tuned over (empty: the scenario's lr, no sweep);
+    a table maps case labels (and "*", every other case) to their own grids"""
     tune_steps: int = 0
     """steps of each tuning run (0: the same as steps)"""
     official_formula: list = field(default_factory=list)
@@ -66,10 +69,17 @@ class QualitySpec:
                  self.warmup_fraction, "a number in [0, 1)")
         _require(is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio,
                  "a number in [0, 1]")
-        _require(isinstance(self.lr_grid, list) and all(is_number(x) and x > 0 for x in self.lr_grid), "lr_grid",
-                 self.lr_grid, "a list of finite numbers > 0")
+        grids = self.lr_grid.values() if isinstance(self.lr_grid, dict) else [self.lr_grid]
+        _require(all(isinstance(g, list) and all(is_number(x) and x > 0 for x in g) for g in grids), "lr_grid",
+                 self.lr_grid, 'a list of finite numbers > 0, or a table of such lists by case label (and "*")')
         _require(isinstance(self.official_formula, list) and all(isinstance(x, str) for x in self.official_formula),
                  "official_formula", self.official_formula, "a list of case labels")
+
+    def grid_for(self, label: str) -> list:
+        """The learning rates the case `label` is tuned over ([]: none)."""
+        if isinstance(self.lr_grid, dict):
+            return list(self.lr_grid.get(label, self.lr_grid.get("*", [])))
+        return list(self.lr_grid)
 
     @property
     def tune_length(self) -> int:
@@ -132,6 +142,11 @@ def check_trainable(scn, spec: QualitySpec, where: str) -> None:
     if not scn.optimizers:
         raise ValueError(f"{where}: no [[optimizers]] to train")
     labels = {c.label: c for c in scn.optimizers}
+    if isinstance(spec.lr_grid, dict):
+        stray = sorted(set(spec.lr_grid) - set(labels) - {"*"})
+        if stray:
+            raise ValueError(f"{where}: quality.lr_grid names {', '.join(map(repr, stray))}, which is no case's "
+                             f"label; labels: {', '.join(labels)} (or \"*\" for every other case)")
     for c in scn.optimizers:
         if c.name.endswith("-layerwise") or c.name == "lora":
             raise ValueError(f"{where}: case {c.label!r}: quality mode schedules one optimizer per model "

@@ -20,6 +20,18 @@ def _loss(q: dict) -> str:
             f"(min {stats['min']:.4f}, max {stats['max']:.4f})")
 
 
+def _lr_source(q: dict) -> str:
+    if q.get("lr_sweep"):
+        return "tuned, at its grid's edge" if q.get("lr_at_grid_edge") else "tuned"
+    return "its twin's" if q.get("lr_source", "").startswith("its twin") else "fixed"
+
+
+def _grids(grid) -> str:
+    if isinstance(grid, dict):
+        return "; ".join(f"{'every other case' if k == '*' else k}: {v}" for k, v in grid.items()) or "(none)"
+    return str(grid) if grid else "(none)"
+
+
 def _case_rows(run) -> list[str]:
     rows = ["| case | optimizer | settings | lr | held-out loss, median [IQR] | peak GiB (tensors) | history MiB | "
             "tokens/s | step ms (optimizer) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -29,7 +41,7 @@ def _case_rows(run) -> list[str]:
         hp = c.optimizer.get("hparams", {})
         settings = ", ".join(f"{k} {hp[k]}" for k in ("rank", "history_size", "history_dtype", "damping",
                                                       "update_proj_gap", "scale") if k in hp) or "—"
-        lr = f"{q.get('lr', hp.get('lr')):g} ({'tuned' if q.get('lr_sweep') else 'fixed'})"
+        lr = f"{q.get('lr', hp.get('lr')):g} ({_lr_source(q)})"
         tps = f"{c.tokens_per_s:,.0f}" if c.tokens_per_s else "—"
         step = c.step_time_s.get("total")
         opt = c.step_time_s.get("optimizer")
@@ -61,7 +73,8 @@ def _sweeps(run) -> list[str]:
         if sweep:
             cells = ", ".join(f"{s['lr']:g} → {s['tune_loss']:.4f}" if s["tune_loss"] == s["tune_loss"]
                               else f"{s['lr']:g} → diverged" for s in sweep)
-            rows.append(f"- {c.label}: {cells} (chosen {c.quality['lr']:g})")
+            edge = "; at the grid's edge: the best lr may lie outside it" if c.quality.get("lr_at_grid_edge") else ""
+            rows.append(f"- {c.label}: {cells} (chosen {c.quality['lr']:g}{edge})")
     return rows
 
 
@@ -96,9 +109,10 @@ def render_report(run, wall_s: float | None = None) -> str:
              "the same batches.",
              f"- Schedule: linear warm-up over {q.get('warmup_fraction', 0):.0%} of the steps, then cosine to "
              f"{q.get('min_lr_ratio')} × the peak lr (GaLore's torchrun_main \"cosine\" schedule).",
-             "- Learning rate: a case's own where it sets one; else the best of the grid "
-             f"{q.get('lr_grid') or '(none)'} after {q.get('tune_steps') or q.get('steps')} steps of seed 0, judged "
-             "on the tune split (never on the test split reported here).",
+             "- Learning rate: a case's own where it sets one; else the best of its grid "
+             f"({_grids(q.get('lr_grid'))}) after {q.get('tune_steps') or q.get('steps')} steps of seed 0 (the same "
+             "schedule, compressed), judged on the tune split (never on the test split reported here). An "
+             "official-formula row takes its twin's lr, so that only the formula differs.",
              f"- Held-out loss every {q.get('eval_every')} steps on the first {q.get('eval_sequences')} windows "
              "of the test split (the same bytes for every run); evaluation time is not in the wall time.",
              "- Official formula rows: the zoo's GaLore groups with the official code's printed correction "

@@ -2,9 +2,10 @@
 learning rate tuned where the case sets none; then the memory and speed of the same case.
 
 Per case:
-  1. lr: the case's own, or the best of quality.lr_grid — one run per grid value (seed 0,
+  1. lr: the case's own, or the best of its quality.lr_grid — one run per grid value (seed 0,
      tune_steps steps, the same schedule), judged by held-out loss on the *tune* split, never on
-     the test split the results report
+     the test split the results report. An official-formula row takes its twin's lr: the row is
+     there to show what the formula alone changes
   2. quality.seeds runs at that lr, judged on the test split
   3. memory by category: ngl_profile.estimate on the same model, batch and optimizer (FakeTensorMode:
      exact sizes, nothing allocated, the target GPU's code paths) — estimated, and labelled so
@@ -24,7 +25,7 @@ from ngl_profile.measure.timing import rate_stats, timing_stats
 from ngl_profile.quality.data import load_corpus
 from ngl_profile.quality.train import Curve, build_optimizer, train_run
 
-__all__ = ["train_scenario", "Plan", "plan_cases", "OFFICIAL_SUFFIX"]
+__all__ = ["train_scenario", "Plan", "plan_cases", "at_grid_edge", "OFFICIAL_SUFFIX"]
 
 OFFICIAL_SUFFIX = " (official formula)"
 
@@ -58,11 +59,12 @@ def _say(progress, text: str) -> None:
 
 
 def _tune(plan, scn, spec, corpus, device, progress) -> tuple[float, list[dict]]:
-    if not plan.tuned or not spec.lr_grid:
+    grid = spec.grid_for(plan.case.label)
+    if not plan.tuned or not grid:
         return float(plan.hparams["lr"]), []
     windows = corpus.eval_windows("tune", scn.seq_len, spec.eval_sequences)
     sweep = []
-    for lr in spec.lr_grid:
+    for lr in grid:
         curve = train_run(scn, plan.name, {**plan.hparams, "lr": lr}, corpus=corpus, steps=spec.tune_length, seed=0,
                           windows=windows, eval_every=spec.tune_length, warmup_fraction=spec.warmup_fraction,
                           min_lr_ratio=spec.min_lr_ratio, official=plan.official, device=device)
@@ -107,6 +109,12 @@ def _timing(result, curves: list[Curve], skip: int, tokens: int) -> None:
     result.step_time_s = {k: v["median"] for k, v in result.step_time_stats.items()}
 
 
+def at_grid_edge(lr: float, sweep: list[dict]) -> bool:
+    """True when a sweep of ≥ 2 values chose its smallest or largest: the optimum may lie outside the grid."""
+    grid = [s["lr"] for s in sweep]
+    return len(grid) >= 2 and lr in (min(grid), max(grid))
+
+
 def summary(curves: list[Curve]) -> dict:
     """Held-out loss at the end over seeds: median and quartile statistics (measure/timing.py's),
     counting a diverged run as +inf (it is worse than any finite loss, and not left out)."""
@@ -126,10 +134,15 @@ def train_scenario(scn, spec, *, device: str = "cpu", progress=None):
     corpus = load_corpus(spec.max_bytes, spec.heldout_every)
     windows = corpus.eval_windows("test", scn.seq_len, spec.eval_sequences)
     tokens = scn.batch_size * scn.seq_len
-    cases = []
+    cases, chosen = [], {}
     for plan in plan_cases(scn, spec):
         t_case = time.perf_counter()
-        lr, sweep = _tune(plan, scn, spec, corpus, device, progress)
+        if plan.official and plan.case.label in chosen:
+            lr, sweep, source = chosen[plan.case.label], [], f"its twin's ({plan.case.label})"
+        else:
+            lr, sweep = _tune(plan, scn, spec, corpus, device, progress)
+            source = "tuned over quality.lr_grid" if sweep else "set by the case"
+            chosen[plan.case.label] = lr
         curves = []
         for seed in range(spec.seeds):
             curve = train_run(scn, plan.name, {**plan.hparams, "lr": lr}, corpus=corpus, steps=spec.steps, seed=seed,
@@ -144,8 +157,7 @@ def train_scenario(scn, spec, *, device: str = "cpu", progress=None):
         result.code_path = ("the official code's printed formula (float32, with the subtraction) on ngl_profile "
                             "galore" if plan.official else result.code_path)
         result.quality = {**summary(curves), "seeds": spec.seeds, "lr": lr,
-                          "lr_source": "tuned over quality.lr_grid" if sweep else "set by the case",
-                          "lr_sweep": sweep,
+                          "lr_source": source, "lr_sweep": sweep, "lr_at_grid_edge": at_grid_edge(lr, sweep),
                           "formula": "official (printed, float32)" if plan.official else "ngl_profile",
                           "tokens_per_run": tokens * spec.steps,
                           "provenance": {"loss": f"measured, training on {device}",

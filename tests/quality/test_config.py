@@ -46,6 +46,9 @@ def test_loads_and_overrides(tmp_path):
     ("[quality]\nlr_grid = [0.1, -1]\n", "quality.lr_grid must be"),
     ("[quality]\nofficial_formula = [\"nope\"]\n", "names 'nope', which is no case's label"),
     ("[quality]\nofficial_formula = [\"adamw\"]\n", "is a natural-galore variant"),
+    ('[quality]\nlr_grid = { adamx = [1e-3] }\n', "quality.lr_grid names 'adamx', which is no case's label"),
+    ('[quality]\nlr_grid = { adamw = [0] }\n', "quality.lr_grid must be"),
+    ('[quality]\nlr_grid = { adamw = 1e-3 }\n', "quality.lr_grid must be"),
 ])
 def test_bad_tables(tmp_path, table, message):
     with pytest.raises(ValueError) as e:
@@ -76,3 +79,13 @@ def test_cli_bad_input_exits_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_grid_per_case_label(tmp_path):
+    table = '[quality]\nlr_grid = { adamw = [1e-3, 3e-3], "*" = [1e-2] }\n'
+    scn, spec = load_quality(write(tmp_path, HEAD + table))
+    assert spec.grid_for("adamw") == [1e-3, 3e-3] and spec.grid_for("ngl") == [1e-2]
+    no_default = load_quality(write(tmp_path, HEAD + '[quality]\nlr_grid = { adamw = [1e-3] }\n'))[1]
+    assert no_default.grid_for("ngl") == []  # no "*": that case keeps the scenario's lr
+    assert QualitySpec(lr_grid=[1e-3]).grid_for("anything") == [1e-3]
+

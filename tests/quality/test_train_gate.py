@@ -15,21 +15,24 @@ from ngl_profile.schema.results import load_results
 STEPS = 40
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    import torch
-
-    scn, spec = load_quality("quality-tiny")
-    scn = scn.select(["adamw", "natural-galore s=4"])
-    spec = spec.with_overrides(steps=STEPS, seeds=1, eval_every=20)
+def train_on_one_thread(scn, spec):
     # one thread: a model this small gains nothing from two, and on a busy 2-core runner two
     # threads spinning against the other jobs made it 10x slower (0.46 s a step instead of 0.04)
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run = train_scenario(scn, spec)
+        return train_scenario(scn, spec)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    scn, spec = load_quality("quality-tiny")
+    scn = scn.select(["adamw", "natural-galore s=4"])
+    run = train_on_one_thread(scn, spec.with_overrides(steps=STEPS, seeds=1, eval_every=20))
     out = tmp_path_factory.mktemp("quality")
     write_run(run, out)
     return run, out
@@ -111,3 +114,26 @@ def test_cli_end_to_end(tmp_path, capsys):
     run = load_results(out)
     assert [c.label for c in run.cases] == ["galore"] and run.scenario["quality"]["steps"] == 3
     assert run.scenario["quality"]["official_formula"] == []  # its case was not selected
+
+
+def test_tuning_per_case_grid_and_the_official_twin(tmp_path):
+    """Each case is swept over its own grid; the official-formula row runs at its twin's chosen lr
+    without a sweep of its own (so that only the formula differs), and an lr chosen at a grid's end
+    is flagged."""
+    from ngl_profile.quality.run import at_grid_edge
+
+    scn, spec = load_quality("quality-tiny")
+    scn = scn.select(["adamw", "natural-galore s=4"])
+    for c in scn.optimizers:
+        c.hparams.pop("lr", None)
+    spec = spec.with_overrides(steps=4, seeds=1, eval_every=4, tune_steps=2,
+                               lr_grid={"adamw": [1e-3, 3e-3], "*": [3e-3, 1e-2, 3e-2]})
+    run = train_on_one_thread(scn, spec)
+    adamw, ngl, official = run.cases
+    assert [s["lr"] for s in adamw.quality["lr_sweep"]] == [1e-3, 3e-3]
+    assert [s["lr"] for s in ngl.quality["lr_sweep"]] == [3e-3, 1e-2, 3e-2]
+    best = min(ngl.quality["lr_sweep"], key=lambda s: s["tune_loss"])["lr"]
+    assert ngl.quality["lr"] == best and official.quality["lr"] == best
+    assert official.quality["lr_sweep"] == [] and official.quality["lr_source"].startswith("its twin's")
+    assert ngl.quality["lr_at_grid_edge"] == (best != 1e-2)
+    assert at_grid_edge(1e-2, [{"lr": 1e-2}]) is False  # one value is no grid to be at the edge of
