@@ -13,7 +13,10 @@ Beside each time: its floor, the bytes the step must move at least (`step_bytes`
 bandwidth measured in this process (best of a plain x.sum() over 256 MB), and their ratio. The
 GaLore rows are bound by their two matmuls, not by bytes (so their ratio is well above 1); the
 window rows below the table isolate what the window costs: (s = 10 step) − (s = 0 step) against
-two reads of the window. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
+two reads of the window. "batched solve" and "solve each" force the order of the window's work
+(optimizer.solve_each: one solve for the step after every push, or each window solved and
+combined right after its push, its window still in the cache); the other rows take the device's
+default. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
 them once per choice (compiled, eager, auto) side by side, so a run shows which the chooser
 (ngl_profile/optim/choice.py) picked and whether it was the faster.
 """
@@ -66,10 +69,13 @@ class OfficialStyle(NaturalGaLoreAdamW):
 
 
 def candidates(rank: int, gap: int, modes: tuple[str, ...]):
-    def ours(s, svd="full", history_dtype="float32"):
-        return lambda ps: NaturalGaLoreAdamW([{"params": ps, "rank": rank, "update_proj_gap": gap,
-                                               "scale": 0.25, "history_size": s, "svd": svd,
-                                               "history_dtype": history_dtype}], lr=1e-3)
+    def ours(s, svd="full", history_dtype="float32", solve_each=None):
+        def make(ps):
+            opt = NaturalGaLoreAdamW([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
+                                       "history_size": s, "svd": svd, "history_dtype": history_dtype}], lr=1e-3)
+            opt.solve_each = solve_each  # None: the device's default (optimizer.py)
+            return opt
+        return make
 
     def official(ps):
         return OfficialStyle([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
@@ -80,7 +86,9 @@ def candidates(rank: int, gap: int, modes: tuple[str, ...]):
         tag = "" if len(modes) == 1 else f" [{mode}]"
         out |= {f"natural-galore (s=10){tag}": ours(10), f"n-g bf16 window{tag}": ours(10, history_dtype="bfloat16"),
                 f"n-g int8 window{tag}": ours(10, history_dtype="int8")}
-    out |= {"natural-galore lowrank": ours(10, "lowrank"), "official-style s=10": official}
+    out |= {"natural-galore batched solve": ours(10, solve_each=False),
+            "natural-galore solve each": ours(10, solve_each=True),
+            "natural-galore lowrank": ours(10, "lowrank"), "official-style s=10": official}
     try:
         from galore_torch import GaLoreAdamW
 
@@ -205,7 +213,7 @@ def main() -> None:
     print("first step: every SVD and the state allocation (the compiled kernels were compiled before)")
     print(f"\n{'window part (row − galore s=0)':<32}{'ms/step':>9}{'floor ms':>10}{'× floor':>9}")
     for name, t in med.items():
-        if name.startswith(("natural-galore (s=10)", "n-g")):
+        if name.startswith(("natural-galore (s=10)", "n-g", "natural-galore batched", "natural-galore solve")):
             part, floor = t - med["galore (ours, s=0)"], window_bytes(name, shapes, args.rank) / bandwidth
             print(f"{name:<32}{part * 1e3:>9.2f}{floor * 1e3:>10.2f}{part / floor:>9.2f}")
     print("window floor: two reads of the window (Gram row, then g̃ = G·w) at the measured bandwidth")

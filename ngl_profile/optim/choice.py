@@ -1,16 +1,25 @@
-"""Which implementation of a window pass runs: chosen by timing both at first use, like cuDNN's benchmark mode.
+"""Which implementation of a window pass runs: chosen by timing both where they run, like cuDNN's benchmark mode.
 
 The two passes over a Natural GaLore window (the Gram row, g̃ = G·w) each have a compiled kernel
 (kernels.py: one read of the window, float64 in registers) and an eager one (natural.py: float64
 slices, then a mat-vec). Which is faster depends on the machine, not on the code: on an AMD EPYC
 (2 cores) the compiled pair took the window part of a llama-60m step from 44–55 ms to 23–27 ms;
 on an Intel Xeon of the same size it was slower than eager (75 vs 58 ms, issue 15). So neither is
-assumed: the first time a full window of a given kind is seen, both are run (once to warm up —
-the compiled one compiles there — then `REPEATS` timed runs each, alternated, best kept) and the faster one
-is used for every window of that kind for the rest of the process. A kind is (pass, s, k rounded
-up to a power of two, storage dtype, result dtype, device). Both give the same results within
-the rounding their docstrings state (≤ 1e-13 relative for the Gram row; the (s+1)·2⁻⁵³ bound
-for g̃), so a choice changes only speed.
+assumed. A kind of window is (pass, s, k rounded up to a power of two, storage dtype, result
+dtype, device); each kind is chosen once per process, and both candidates give the same results
+within the rounding their docstrings state (≤ 1e-13 relative for the Gram row; the (s+1)·2⁻⁵³
+bound for g̃), so a choice changes only speed.
+
+On a CPU the candidates are timed inside the optimizer's own steps: the calls of a kind that has
+no choice yet alternate between them (every call's result is used: it is a real pass), the first
+call of each is left out as a warm-up (the compiled one compiles there), and once each has
+`TRIALS` timed calls the one with the lower median time per window element is kept. Timing them
+apart from the step, each from a cold cache, chose eager for the float32 Gram row at k ≤ 65536 on
+the EPYC (within 10 % in isolation), and that `auto` step was 18 ms slower than the compiled one:
+inside a step the eager pass's float64 slice is a fresh allocation among the step's others
+(page faults, a polluted cache) that a loop of the pass alone does not see. On a GPU the
+candidates are timed apart, synchronised (a host wait, once per kind), best of `REPEATS`: a step
+there would need a host wait per timed call.
 
 The optimizers (compile=True, the default) ask for this choice; natural.py's functions called
 with compiled=True take the compiled kernel wherever it is usable, as before, and compile=False
@@ -20,37 +29,38 @@ process; NGL_PROFILE_COMPILE=0 still means eager. A window that is not full yet 
 choice made for full windows of its kind if there is one, else the compiled kernel (the
 behaviour before this module).
 
-Estimates (FakeTensorMode) time nothing: under `auto` they follow a choice this process has
-already made for the kind, else take the compiled kernel wherever it is usable (windows of
-≥ kernels.MIN_ELEMENTS elements), as before, and count its allocations (only the outputs). A
-real run whose chooser picks eager also holds the eager pass's float64 slice (≤ 8·natural.
-_CHUNK_ELEMENTS bytes = 64 MiB, plus its result) while the pass runs; force NGL_PROFILE_KERNELS=
-eager (or compiled) to make an estimate and a run follow the same path. The timing runs are made
-with the memory tracker's dispatch mode switched off, so a measured peak sees only the chosen
-pass: not the candidates' runs, nor the 64 MiB buffer read before each timed run on a CPU (so
-that the run reads the window from memory, as a step does, not from the cache the previous run
-left it in). A CUDA allocator's own peak counter does see the candidates, in the step where a
-kind is first timed; on a GPU the timed runs are synchronised (a host wait, once per kind).
+Nothing is timed under a dispatch mode: not in an estimate (FakeTensorMode: shape-only tensors),
+and not in a measured run's memory-tracked steps (the tracker's mode), where an eager trial call
+would put its float64 slice into the measured peak. There, under `auto`, a kind follows the choice
+this process has already made for it, else takes the compiled kernel wherever it is usable
+(windows of ≥ kernels.MIN_ELEMENTS elements), as an estimate does, and counts its allocations
+(only the outputs). A real run whose chooser later picks eager holds the eager pass's float64
+slice (≤ 8·natural._CHUNK_ELEMENTS bytes = 64 MiB, plus its result) while the pass runs; force
+NGL_PROFILE_KERNELS=eager (or compiled) to make an estimate and a run follow the same path. A
+CUDA allocator's own peak counter sees the timed candidates, in the step where a kind is timed.
 """
 from __future__ import annotations
 
 import os
 import time
+from statistics import median
 from typing import Callable
 
 import torch
 
 from ngl_profile.optim import kernels
-from ngl_profile.optim.values import has_values, outside_dispatch_modes
+from ngl_profile.optim.values import has_values, outside_dispatch_modes, under_dispatch_mode
 
-__all__ = ["MODES", "ENV", "REPEATS", "mode", "kind", "run", "choices", "clear"]
+__all__ = ["MODES", "ENV", "REPEATS", "TRIALS", "mode", "kind", "run", "choices", "clear"]
 
 MODES = ("auto", "compiled", "eager")
 ENV = "NGL_PROFILE_KERNELS"
-REPEATS = 5  # timed runs per candidate after the warm-up; the best one counts (noise only adds time)
+REPEATS = 5  # GPU: timed runs per candidate after the warm-up; the best one counts (noise only adds time)
+TRIALS = 4  # CPU: timed in-step calls per candidate after its warm-up call; the median counts
 
 _choices: dict[tuple, str] = {}  # kind → "compiled" | "eager", for the process
 _timings: dict[tuple, dict[str, float]] = {}  # kind → seconds per candidate, as measured
+_trials: dict[tuple, "_Trial"] = {}  # CPU kinds being timed in the steps, not decided yet
 
 
 def mode() -> str:
@@ -73,12 +83,8 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _once(fn: Callable[[], torch.Tensor | None], device: torch.device, evict: torch.Tensor | None) -> float:
-    """Seconds of one run of `fn`. `evict` (if given) is read first, so the window is timed from
-    memory, as a step reads it (a step's windows together outgrow any cache), not from the cache
-    the previous run left it in."""
-    if evict is not None:
-        evict.sum()
+def _once(fn: Callable[[], torch.Tensor | None], device: torch.device) -> float:
+    """Seconds of one synchronised run of `fn` (a GPU: the host waits for the kernel)."""
     _sync(device)
     t0 = time.perf_counter()
     fn()
@@ -86,28 +92,67 @@ def _once(fn: Callable[[], torch.Tensor | None], device: torch.device, evict: to
     return time.perf_counter() - t0
 
 
-EVICT_BYTES = 64 << 20  # more than a CPU's last-level cache (32 MiB on the 2-core EPYC, ≤ 60 on Xeons)
-
-
 def _measure(key: tuple, window: torch.Tensor, compiled, eager) -> str:
+    """A GPU's choice: both candidates timed apart from the step, alternated, best of REPEATS."""
     device = window.device
     candidates = {"compiled": compiled, "eager": eager}
     seconds = dict.fromkeys(candidates, float("inf"))
-    with outside_dispatch_modes():  # the tracker sees neither the eviction buffer nor the candidates' runs
+    with outside_dispatch_modes():  # the tracker does not see the candidates' runs
         # warm-up: the compiled kernel compiles here; None: it cannot run here, and never wins
         runnable = [name for name, fn in candidates.items() if fn() is not None]
-        # CPU only: a GPU's L2 (≤ 60 MB) is smaller than the windows worth timing there, and an
-        # allocation on the GPU would move the allocator's peak
-        evict = torch.ones(EVICT_BYTES // 4, device=device) if device.type == "cpu" else None
-        # alternated, best of REPEATS each: a stall (another process taking the core) that hits
-        # a few runs in a row then hits both candidates, and the best run of each is one without
+        # alternated, best of REPEATS each: a stall that hits a few runs in a row then hits both
+        # candidates, and the best run of each is one without
         for _ in range(REPEATS):
             for name in runnable:
-                seconds[name] = min(seconds[name], _once(candidates[name], device, evict))
-        del evict
+                seconds[name] = min(seconds[name], _once(candidates[name], device))
     _timings[key] = seconds
     _choices[key] = "compiled" if seconds["compiled"] < seconds["eager"] else "eager"
     return _choices[key]
+
+
+class _Trial:
+    """The in-step timings of one kind so far: calls alternate, compiled first."""
+
+    def __init__(self):
+        self.calls = {"compiled": 0, "eager": 0}
+        self.seconds = {"compiled": [], "eager": []}
+        self.per_element = {"compiled": [], "eager": []}
+
+    def next(self) -> str:
+        return min(self.calls, key=lambda name: self.calls[name])  # ties: compiled (dict order)
+
+    def add(self, name: str, seconds: float, elements: int) -> None:
+        self.calls[name] += 1
+        if self.calls[name] > 1:  # the first call of each is the warm-up
+            self.seconds[name].append(seconds)
+            self.per_element[name].append(seconds / elements)
+
+    def done(self) -> bool:
+        return all(len(v) >= TRIALS for v in self.seconds.values())
+
+
+def _timed(name: str, fn: Callable[[], torch.Tensor | None]) -> tuple[torch.Tensor | None, float]:
+    """(result, seconds) of one in-step call of candidate `name` (a CPU: no synchronisation)."""
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def _trial_call(key: tuple, window: torch.Tensor, compiled, eager) -> torch.Tensor:
+    trial = _trials.setdefault(key, _Trial())
+    name = trial.next()
+    out, seconds = _timed(name, compiled if name == "compiled" else eager)
+    if out is None:  # the compiled kernel cannot run here: eager, without more timing
+        _trials.pop(key)
+        _choices[key], _timings[key] = "eager", {"compiled": float("inf"), "eager": float("nan")}
+        return eager()
+    trial.add(name, seconds, window.numel())
+    if trial.done():
+        _trials.pop(key)
+        per = {n: median(v) for n, v in trial.per_element.items()}
+        _timings[key] = {n: median(v) for n, v in trial.seconds.items()}
+        _choices[key] = "compiled" if per["compiled"] < per["eager"] else "eager"
+    return out
 
 
 def run(op: str, window: torch.Tensor, out_dtype: torch.dtype, request: bool | str, full: bool,
@@ -126,8 +171,14 @@ def run(op: str, window: torch.Tensor, out_dtype: torch.dtype, request: bool | s
     if choice is None:
         key = kind(op, window, out_dtype)
         choice = _choices.get(key)
-        if choice is None:  # an estimate's shape-only tensors cannot be timed: the compiled kernel, as before
-            choice = _measure(key, window, compiled, eager) if full and has_values(window) else "compiled"
+        if choice is None:
+            timeable = full and has_values(window)  # an estimate's shape-only tensors cannot be timed
+            if timeable and window.device.type == "cpu":
+                if not under_dispatch_mode():  # a tracked step: no trial (see the module docstring)
+                    return _trial_call(key, window, compiled, eager)
+                choice = "compiled"
+            else:
+                choice = _measure(key, window, compiled, eager) if timeable else "compiled"
     if choice == "compiled":
         out = compiled()
         if out is not None:
@@ -136,7 +187,8 @@ def run(op: str, window: torch.Tensor, out_dtype: torch.dtype, request: bool | s
 
 
 def choices() -> dict[tuple, tuple[str, dict[str, float]]]:
-    """kind → (choice, seconds per candidate) for every kind timed so far in this process."""
+    """kind → (choice, seconds per candidate) for every kind decided so far in this process (CPU:
+    the median seconds of a timed in-step call; GPU: the best of REPEATS synchronised runs)."""
     return {key: (c, dict(_timings.get(key, {}))) for key, c in _choices.items()}
 
 
@@ -144,3 +196,4 @@ def clear() -> None:
     """Forget every choice (the next full window of each kind is timed again)."""
     _choices.clear()
     _timings.clear()
+    _trials.clear()

@@ -145,18 +145,39 @@ class _NaturalGaLore(torch.optim.Optimizer):
             finite = sharded.agree(finite, live)  # shards: every rank skips the same updates
             # shape-only tensors (an estimate) hold no verdict to read: assume finite, as all_finite does
             verdicts = finite.tolist() if has_values(finite) else [True] * len(live)
+        each = self._solve_each(live)
         waiting = []  # pushed into their windows, waiting for the batched solve
         for (p, group), finite in zip(live, verdicts):
             pushed = self._begin(p, group, finite)
             if pushed is not None:
                 waiting.append((p, group, *pushed))
+                if each:
+                    self._solve_and_finish(waiting)
+                    waiting = []
         if waiting:
-            ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting],
-                                 self._backoff_watch.tally)
-            for (p, group, side, shape, dtype), w in zip(waiting, ws):
-                g_tilde = natural.combine(self.state[p], w, _kernels(group), dtype).view(shape)
-                self._finish(p, group, g_tilde, side)
-            self._backoff_watch.check()  # CPU: a free read; GPU: no sync (backoff.py)
+            self._solve_and_finish(waiting)
+        self._backoff_watch.check()  # CPU: a free read; GPU: no sync (backoff.py)
+
+    def _solve_and_finish(self, waiting: list) -> None:
+        ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting],
+                             self._backoff_watch.tally)
+        for (p, group, side, shape, dtype), w in zip(waiting, ws):
+            g_tilde = natural.combine(self.state[p], w, _kernels(group), dtype).view(shape)
+            self._finish(p, group, g_tilde, side)
+
+    # None: decide by device. CPU → each window solved and combined right after its push, while the
+    # window (≤ the last-level cache) is still in the cache from the Gram row's read, so g̃ = G·w
+    # reads it from there, not from memory; the price is one small solve call per window instead of
+    # one for the step (benchmarks/optimizer_step.py measures both). GPU → one batched solve per step:
+    # a window there is far larger than the L2, and each solve call is a launch. Sharded → batched.
+    solve_each: bool | None = None
+
+    def _solve_each(self, live) -> bool:
+        if self.solve_each is not None:
+            return self.solve_each
+        if not live or any(sharded.context(p) is not None for p, _ in live):
+            return False
+        return live[0][0].grad.device.type == "cpu"
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
     # free and the extra pass over every gradient is not: ~7 % of a GaLore step measured on 2 cores)

@@ -18,7 +18,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake, unset_fake_temporarily
 from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
-__all__ = ["has_values", "value_scope", "real_constants", "outside_dispatch_modes"]
+__all__ = ["has_values", "value_scope", "real_constants", "outside_dispatch_modes", "under_dispatch_mode"]
 
 
 def has_values(t: torch.Tensor) -> bool:
@@ -47,3 +47,8 @@ def outside_dispatch_modes():
     kernel's transients. Callers give it real tensors only (check `has_values` first)."""
     with (_disable_current_modes() if _get_current_dispatch_mode() is not None else nullcontext()):
         yield
+
+
+def under_dispatch_mode() -> bool:
+    """Whether a dispatch mode (a memory tracker, FakeTensorMode) is active here."""
+    return _get_current_dispatch_mode() is not None

@@ -1,5 +1,7 @@
 """The window kernels' chooser (choice.py): forced either way the same results within the stated
-rounding, one timing per kind of window, nothing timed under FakeTensorMode or for a partial window."""
+rounding; on a CPU, each kind chosen from its own in-step calls (alternated, warm-ups left out,
+the lower median time per element kept); nothing timed under FakeTensorMode, under the memory
+tracker, or for a partial window; a GPU's candidates timed apart, best of REPEATS."""
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -22,17 +24,21 @@ def fresh_choices(monkeypatch):
 
 
 class FakeTimer:
-    """Stands in for choice._once: runs the candidate (as the real one does) and reports a
-    fixed time per candidate, in the order _measure asks (compiled, eager, compiled, …)."""
+    """Stands in for choice._timed: runs the candidate (its result is the pass's result, as with
+    the real one) and reports `per_element[name] × the window's elements` seconds."""
 
     def __init__(self, compiled_s: float, eager_s: float):
-        self.seconds, self.calls = (compiled_s, eager_s), 0
+        self.per_element, self.calls, self.elements = {"compiled": compiled_s, "eager": eager_s}, [], 1
 
-    def __call__(self, fn, device, evict):
+    def __call__(self, name, fn):
         out = fn()
         assert out is not None
-        self.calls += 1
-        return self.seconds[(self.calls - 1) % 2]
+        self.calls.append(name)
+        return out, self.per_element[name] * self.elements
+
+
+def no_timing(*_):
+    pytest.fail("something was timed")
 
 
 def spy(monkeypatch):
@@ -54,8 +60,8 @@ def test_forced_choice_runs_that_path_within_the_rounding(monkeypatch, storage, 
     state = window(storage)
     monkeypatch.setenv(choice.ENV, forced)
     calls = spy(monkeypatch)
-    timer = FakeTimer(1.0, 1.0)
-    monkeypatch.setattr(choice, "_once", timer)
+    monkeypatch.setattr(choice, "_timed", no_timing)
+    monkeypatch.setattr(choice, "_once", no_timing)
     cols = dequantized64(state)
     s = cols.shape[0]
     for slot in range(s):
@@ -65,50 +71,110 @@ def test_forced_choice_runs_that_path_within_the_rounding(monkeypatch, storage, 
     w = torch.randn(s, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     got = natural.combine(state, w, "auto")
     ref.assert_within_summation_bound(got, cols, w, torch.float32)
-    assert timer.calls == 0  # forced: nothing timed
     assert calls == ({"gram_row": s, "combine": 1} if forced == "compiled" else {"gram_row": 0, "combine": 0})
 
 
-def test_auto_times_once_per_kind_and_uses_the_faster(monkeypatch):
+def trial_calls() -> int:
+    return 2 * (choice.TRIALS + 1)  # both candidates, each a warm-up call and TRIALS timed ones
+
+
+def test_auto_times_a_kind_in_its_own_calls_and_keeps_the_faster(monkeypatch):
     calls = spy(monkeypatch)
-    timer = FakeTimer(compiled_s=2e-3, eager_s=1e-3)  # eager "faster"
-    monkeypatch.setattr(choice, "_once", timer)
+    timer = FakeTimer(compiled_s=2e-9, eager_s=1e-9)  # eager "faster"
+    monkeypatch.setattr(choice, "_timed", timer)
+    monkeypatch.setattr(choice, "_once", no_timing)  # the GPU's way: not on a CPU
     a, b = window("float32", k=5000, seed=0), window("float32", k=6000, seed=1)  # k up to 8192: one kind
-    natural._gram_update(a, 1, 6, "auto")
-    runs = 2 * choice.REPEATS  # both candidates, alternated
-    assert timer.calls == runs and calls["gram_row"] == 1 + choice.REPEATS  # compiled: warm-up + timed
-    natural._gram_update(b, 1, 6, "auto")
-    natural._gram_update(a, 2, 6, "auto")
-    assert timer.calls == runs and calls["gram_row"] == 1 + choice.REPEATS  # same kind: cached, eager
+    timer.elements = a["history"].numel()
+    cols = dequantized64(a)
+    for i in range(trial_calls()):
+        natural._gram_update(a, i % 6, 6, "auto")
+        expect = cols @ cols[i % 6]
+        assert ((a["gram"][i % 6] - expect).abs() / expect.abs()).max() < 1e-13  # every trial call is a real pass
+    assert timer.calls == ["compiled", "eager"] * (choice.TRIALS + 1)  # alternated, compiled first
+    assert calls["gram_row"] == choice.TRIALS + 1
     (key, (picked, seconds)), = choice.choices().items()
     assert key == ("gram_row", 6, 8192, torch.float32, torch.float64, "cpu") and picked == "eager"
-    assert seconds == {"compiled": 2e-3, "eager": 1e-3}
+    assert seconds == pytest.approx({"compiled": 2e-9 * timer.elements, "eager": 1e-9 * timer.elements})
+    natural._gram_update(b, 1, 6, "auto")  # same kind: decided, eager, nothing timed
+    assert len(timer.calls) == trial_calls() and calls["gram_row"] == choice.TRIALS + 1
     # another k bucket, storage dtype or pass is another kind, timed on its own
     natural._gram_update(window("float32", k=9000), 1, 6, "auto")
-    natural._gram_update(window("bfloat16", k=5000), 1, 6, "auto")
     natural.combine(a, torch.ones(6, dtype=torch.float64), "auto")
-    natural.combine(a, torch.ones(6, dtype=torch.float64), "auto", dtype=torch.bfloat16)
-    assert timer.calls == 5 * runs and len(choice.choices()) == 5
+    assert len(timer.calls) == trial_calls() + 2 and len(choice.choices()) == 1
     # the device is part of the kind
     assert choice.kind("combine", torch.empty(6, 5000, device="meta"), torch.float32)[-1] == "meta"
+
+
+def test_auto_compares_time_per_element(monkeypatch):
+    """A kind's windows differ in k (up to a power of two): the compiled calls here are on the
+    larger window and take longer each, yet less per element, so compiled is kept."""
+    big, small = window("float32", k=8000, seed=0), window("float32", k=4200, seed=1)
+    seconds = {"compiled": 0, "eager": 0}
+
+    def timed(name, fn):
+        out = fn()
+        elements = (big if name == "compiled" else small)["history"].numel()
+        seconds[name] = (1e-9 if name == "compiled" else 1.5e-9) * elements
+        return out, seconds[name]
+    monkeypatch.setattr(choice, "_timed", timed)
+    for i in range(trial_calls()):
+        natural._gram_update(big if i % 2 == 0 else small, 1, 6, "auto")
+    (picked, per_call), = choice.choices().values()
+    assert per_call["compiled"] > per_call["eager"] and picked == "compiled"
 
 
 def test_auto_results_match_the_exact_sum_whichever_wins(monkeypatch):
     for compiled_s, eager_s in ((1.0, 2.0), (2.0, 1.0)):
         choice.clear()
-        monkeypatch.setattr(choice, "_once", FakeTimer(compiled_s, eager_s))
+        monkeypatch.setattr(choice, "_timed", FakeTimer(compiled_s, eager_s))
         state = window("int8")
         cols = dequantized64(state)
         w = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-        got = natural.combine(state, w, "auto")
+        for _ in range(trial_calls() + 2):  # the trial calls, then the chosen candidate's
+            got = natural.combine(state, w, "auto")
+            # s + 1 terms: the compiled kernel folds the int8 scale into w_j, one rounding more
+            ref.assert_within_summation_bound(got, cols, w, torch.float32)
         assert set(c for c, _ in choice.choices().values()) == {"compiled" if compiled_s < eager_s else "eager"}
-        # s + 1 terms: the compiled kernel folds the int8 scale into w_j, one rounding more
-        ref.assert_within_summation_bound(got, cols, w, torch.float32)
+
+
+def test_a_compiled_kernel_that_cannot_run_means_eager(monkeypatch):
+    calls = {"eager": 0}
+    real_eager = natural._combine_eager
+
+    def eager(*a):
+        calls["eager"] += 1
+        return real_eager(*a)
+    monkeypatch.setattr(kernels, "combine", lambda *a: None)  # as when compiling fails here
+    monkeypatch.setattr(natural, "_combine_eager", eager)
+    state = window("float32")
+    natural.combine(state, torch.ones(6, dtype=torch.float64), "auto")
+    natural.combine(state, torch.ones(6, dtype=torch.float64), "auto")
+    assert calls["eager"] == 2 and [c for c, _ in choice.choices().values()] == ["eager"]
+
+
+def test_gpu_way_times_apart_best_of_repeats(monkeypatch):
+    """_measure (what a CUDA window gets): warm-up each, then REPEATS synchronised runs alternated,
+    the best kept; here on a CPU tensor, which is all it needs."""
+    order = []
+    times = iter([3.0, 1.0] * choice.REPEATS)
+
+    def once(fn, device):
+        fn()
+        order.append("run")
+        return next(times)
+    monkeypatch.setattr(choice, "_once", once)
+    state = window("float32")
+    key = choice.kind("combine", state["history"], torch.float32)
+    w = torch.ones(6, dtype=torch.float64)
+    picked = choice._measure(key, state["history"], lambda: kernels.combine(state["history"], None, w, torch.float32),
+                             lambda: natural._combine_eager(state, w, torch.float32))
+    assert picked == "eager" and len(order) == 2 * choice.REPEATS
+    assert choice.choices()[key] == ("eager", {"compiled": 3.0, "eager": 1.0})
 
 
 def test_partial_window_is_not_timed(monkeypatch):
     calls = spy(monkeypatch)
-    monkeypatch.setattr(choice, "_once", lambda fn, device, evict: pytest.fail("a partial window was timed"))
+    monkeypatch.setattr(choice, "_timed", no_timing)
     state = {}
     natural.init_window(state, 5000, 4, "float32", torch.device("cpu"))
     gen = torch.Generator().manual_seed(3)
@@ -118,7 +184,8 @@ def test_partial_window_is_not_timed(monkeypatch):
 
 
 def test_fake_mode_times_nothing_and_allocates_as_the_compiled_kernel(monkeypatch):
-    monkeypatch.setattr(choice, "_once", lambda fn, device, evict: pytest.fail("an estimate was timed"))
+    monkeypatch.setattr(choice, "_timed", no_timing)
+    monkeypatch.setattr(choice, "_once", no_timing)
     calls = spy(monkeypatch)
     with FakeTensorMode():
         state = {}
@@ -131,10 +198,11 @@ def test_fake_mode_times_nothing_and_allocates_as_the_compiled_kernel(monkeypatc
     assert calls == {"gram_row": 5, "combine": 1}  # no choice made: the compiled kernels, as before
 
 
-def test_timing_runs_are_invisible_to_the_tracker(monkeypatch):
-    """The tracker (a measured run) sees the chosen pass only: here compiled, whose only
-    allocation is its float64 row, not the eager candidate's float64 window copy."""
-    monkeypatch.setattr(choice, "_once", FakeTimer(compiled_s=1.0, eager_s=2.0))
+def test_nothing_is_timed_in_a_tracked_step(monkeypatch):
+    """Under the tracker (a measured run's tracked steps) no trial runs: the compiled kernel, whose
+    only allocation is its float64 row, not an eager candidate's float64 window copy; once the
+    kind is decided in untracked steps, a tracked step follows that choice."""
+    monkeypatch.setattr(choice, "_timed", no_timing)
     state = window("float32", s=8, k=20000)
     window_bytes = state["history"].numel() * 4
     tracker = MemoryTracker(record_timeline=False)
@@ -143,6 +211,16 @@ def test_timing_runs_are_invisible_to_the_tracker(monkeypatch):
         natural._gram_update(state, 2, 8, "auto")
         tracker.end_step()
     assert window_bytes < tracker.snapshot().peak_bytes <= window_bytes + 1024  # test_kernels' bound
+    assert choice.choices() == {}
+    monkeypatch.setattr(choice, "_timed", FakeTimer(compiled_s=2.0, eager_s=1.0))
+    for i in range(trial_calls()):
+        natural._gram_update(state, i % 8, 8, "auto")
+    calls = spy(monkeypatch)
+    with tracker:
+        tracker.start_step()
+        natural._gram_update(state, 3, 8, "auto")
+        tracker.end_step()
+    assert calls["gram_row"] == 0  # decided eager outside: eager inside too
 
 
 def test_optimizer_forced_each_way_agrees(monkeypatch):
@@ -181,11 +259,13 @@ def test_a_candidate_that_cannot_run_never_wins():
 
 
 def test_an_estimate_follows_a_choice_already_made(monkeypatch):
-    monkeypatch.setattr(choice, "_once", FakeTimer(compiled_s=2.0, eager_s=1.0))
+    monkeypatch.setattr(choice, "_timed", FakeTimer(compiled_s=2.0, eager_s=1.0))
     real = window("float32", s=4, k=1000)
-    natural._gram_update(real, 0, 4, "auto")  # times both: eager "faster"
+    for i in range(trial_calls()):
+        natural._gram_update(real, i % 4, 4, "auto")  # times both: eager "faster"
     calls = spy(monkeypatch)
-    monkeypatch.setattr(choice, "_once", lambda fn, device, evict: pytest.fail("an estimate was timed"))
+    monkeypatch.setattr(choice, "_timed", no_timing)
+    monkeypatch.setattr(choice, "_once", no_timing)
     with FakeTensorMode():
         state = {}
         natural.init_window(state, 1000, 4, "float32", torch.device("cpu"))
