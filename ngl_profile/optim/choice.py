@@ -111,15 +111,27 @@ def _measure(key: tuple, window: torch.Tensor, compiled, eager) -> str:
 
 
 class _Trial:
-    """The in-step timings of one kind so far: calls alternate, compiled first."""
+    """The in-step timings of one kind so far. Calls alternate, compiled first, switching every
+    `period` calls: the Gram row's kinds every call, g̃'s every second call, so that over a step
+    (a window's Gram row, then its g̃) each g̃ candidate is timed after either Gram row candidate,
+    not always after its own (the cache state one pass leaves is part of the next one's cost)."""
 
-    def __init__(self):
+    def __init__(self, period: int = 1):
+        self.period, self.made = period, 0
         self.calls = {"compiled": 0, "eager": 0}
         self.seconds = {"compiled": [], "eager": []}
         self.per_element = {"compiled": [], "eager": []}
 
     def next(self) -> str:
-        return min(self.calls, key=lambda name: self.calls[name])  # ties: compiled (dict order)
+        names = ("compiled", "eager")
+        if self.done_with(names[0]) or self.done_with(names[1]):  # one has enough: time the other
+            return names[1] if self.done_with(names[0]) else names[0]
+        name = names[(self.made // self.period) % 2]
+        self.made += 1
+        return name
+
+    def done_with(self, name: str) -> bool:
+        return len(self.seconds[name]) >= TRIALS
 
     def add(self, name: str, seconds: float, elements: int) -> None:
         self.calls[name] += 1
@@ -128,7 +140,7 @@ class _Trial:
             self.per_element[name].append(seconds / elements)
 
     def done(self) -> bool:
-        return all(len(v) >= TRIALS for v in self.seconds.values())
+        return all(self.done_with(name) for name in self.seconds)
 
 
 def _timed(name: str, fn: Callable[[], torch.Tensor | None]) -> tuple[torch.Tensor | None, float]:
@@ -139,7 +151,7 @@ def _timed(name: str, fn: Callable[[], torch.Tensor | None]) -> tuple[torch.Tens
 
 
 def _trial_call(key: tuple, window: torch.Tensor, compiled, eager) -> torch.Tensor:
-    trial = _trials.setdefault(key, _Trial())
+    trial = _trials.get(key) or _trials.setdefault(key, _Trial(period=2 if key[0] == "combine" else 1))
     name = trial.next()
     out, seconds = _timed(name, compiled if name == "compiled" else eager)
     if out is None:  # the compiled kernel cannot run here: eager, without more timing
@@ -173,12 +185,12 @@ def run(op: str, window: torch.Tensor, out_dtype: torch.dtype, request: bool | s
         choice = _choices.get(key)
         if choice is None:
             timeable = full and has_values(window)  # an estimate's shape-only tensors cannot be timed
-            if timeable and window.device.type == "cpu":
-                if not under_dispatch_mode():  # a tracked step: no trial (see the module docstring)
-                    return _trial_call(key, window, compiled, eager)
+            if not timeable or under_dispatch_mode():  # a tracked step: no timing (module docstring)
                 choice = "compiled"
+            elif window.device.type == "cpu":
+                return _trial_call(key, window, compiled, eager)
             else:
-                choice = _measure(key, window, compiled, eager) if timeable else "compiled"
+                choice = _measure(key, window, compiled, eager)
     if choice == "compiled":
         out = compiled()
         if out is not None:

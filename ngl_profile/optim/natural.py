@@ -17,10 +17,12 @@ s·2⁻⁵³·κ: measured ≤ 1.6e-6 at ‖g‖² = 1e6 and ≤ 1.2e-4 at 1e8 f
 rounding of the result (≤ 6e-8) dominates (`python -m tests.optim.dependent_windows` prints them).
 The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in float64 and updated by
 one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
-torch.stack of the history every step, as the official code does). A step is `push` (store g_t,
-new Gram row) for every matrix, one batched `weights` for all of them, then `combine` (g̃ = G w)
-for each; each of the two passes over a large window runs as a compiled kernel (kernels.py) or
-eagerly, whichever was faster on this machine (choice.py times both once per kind of window).
+torch.stack of the history every step, as the official code does). Per matrix a step is `push`
+(store g_t, new Gram row), `weights` (w), then `combine` (g̃ = G w); the optimizer either solves
+every matrix's w in one batched `weights` call after all the pushes (a GPU; sharded) or each right
+after its push (a CPU: the window is then still in the cache for `combine`; optimizer.solve_each).
+Each of the two passes over a large window runs as a compiled kernel (kernels.py) or eagerly,
+whichever was faster on this machine (choice.py times both, once per kind of window).
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
 category is declared in STATE_CATEGORIES, next to `init_window`, which creates them):

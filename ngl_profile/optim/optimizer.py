@@ -194,9 +194,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
 
     def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> tuple | None:
         """Project ∇ and, with a window, push g_t and return (side, shape, dtype): its update waits
-        for the step's batched solve, and g_t itself is not kept (the window holds it), so the
-        peak never holds a projected gradient beside its g̃. Without a window, update p right away
-        and return None.
+        for the window's solve (batched over the step, or right away: `solve_each`), and g_t itself
+        is not kept (the window holds it), so the peak never holds a projected gradient beside its
+        g̃. Without a window, update p right away and return None.
 
         `finite`: the step's verdict on this gradient, if already known; None: check it here.
         """

@@ -272,3 +272,17 @@ def test_an_estimate_follows_a_choice_already_made(monkeypatch):
         for _ in range(5):
             natural.push(state, torch.ones(1000), "auto")
     assert calls["gram_row"] == 0  # every push, partial or full: eager, as chosen for this kind
+
+
+def test_each_combine_candidate_is_timed_after_either_gram_candidate(monkeypatch):
+    """The CPU order is Gram row then g̃ per window: the g̃ trial switches candidate every second
+    call, so the (Gram row, g̃) candidate pairs of consecutive windows cover all four."""
+    timer = FakeTimer(compiled_s=1.0, eager_s=1.0)
+    monkeypatch.setattr(choice, "_timed", timer)
+    state = window("float32")
+    w = torch.ones(6, dtype=torch.float64)
+    for i in range(8):
+        natural._gram_update(state, i % 6, 6, "auto")
+        natural.combine(state, w, "auto")
+    pairs = set(zip(timer.calls[0::2], timer.calls[1::2]))
+    assert pairs == {("compiled", "compiled"), ("eager", "compiled"), ("compiled", "eager"), ("eager", "eager")}

@@ -248,3 +248,19 @@ def test_solve_order_changes_nothing_but_the_order():
     cpu = NaturalGaLoreAdamW([{"params": [torch.nn.Parameter(torch.ones(4, 4))], "rank": 2, "history_size": 2}])
     cpu.param_groups[0]["params"][0].grad = torch.ones(4, 4)
     assert cpu._solve_each([(cpu.param_groups[0]["params"][0], cpu.param_groups[0])]) is True
+
+
+def test_a_gpu_estimate_takes_the_gpus_solve_order():
+    """An estimate's fake tensors are CPU tensors: build(target="cuda") must still give it the
+    GPU's path (one batched solve per step), as a real CUDA run takes; target cpu leaves the choice
+    to the device."""
+    from ngl_profile.zoo.models import build_model, get_model
+    from ngl_profile.zoo.optimizers import build
+
+    from .rng import local_rng
+
+    with local_rng(0):
+        model = build_model(get_model("tiny"), torch.float32)
+    gpu, cpu = build("natural-galore", model, target="cuda"), build("natural-galore", model, target="cpu")
+    assert gpu.solve_each is False and gpu.whole_step_check is True
+    assert cpu.solve_each is None

@@ -89,3 +89,22 @@ def test_grid_per_case_label(tmp_path):
     assert no_default.grid_for("ngl") == []  # no "*": that case keeps the scenario's lr
     assert QualitySpec(lr_grid=[1e-3]).grid_for("anything") == [1e-3]
 
+
+
+def test_cli_selection_drops_the_grids_of_cases_left_out(tmp_path, capsys):
+    """--optimizers keeps a table grid's entries for the cases it keeps (and "*"): a grid naming a
+    case left out is no error."""
+    import torch
+
+    path = write(tmp_path, HEAD + '[quality]\nsteps = 2\nseeds = 1\neval_every = 2\neval_sequences = 2\n'
+                                  'tune_steps = 1\nlr_grid = { adamw = [1e-3], ngl = [1e-2, 3e-2] }\n')
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", path, "--optimizers", "ngl", "--threads", "1", "--out", str(tmp_path / "o")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    from ngl_profile.schema.results import load_results
+
+    run = load_results(tmp_path / "o")
+    assert run.scenario["quality"]["lr_grid"] == {"ngl": [1e-2, 3e-2]}
+    assert [s["lr"] for s in run.cases[0].quality["lr_sweep"]] == [1e-2, 3e-2]
