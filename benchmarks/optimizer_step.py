@@ -13,12 +13,10 @@ Beside each time: its floor, the bytes the step must move at least (`step_bytes`
 bandwidth measured in this process (best of a plain x.sum() over 256 MB), and their ratio. The
 GaLore rows are bound by their two matmuls, not by bytes (so their ratio is well above 1); the
 window rows below the table isolate what the window costs: (s = 10 step) − (s = 0 step) against
-two reads of the window. "batched solve" and "solve each" force the order of the window's work
-(optimizer.solve_each: one solve for the step after every push, or each window solved and
-combined right after its push, its window still in the cache); the other rows take the device's
-default. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
+two reads of the window. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
 them once per choice (compiled, eager, auto) side by side, so a run shows which the chooser
-(ngl_profile/optim/choice.py) picked and whether it was the faster.
+(ngl_profile/optim/choice.py: each optimizer times its own steps, before the timed rounds) picked
+and whether it was the faster.
 """
 from __future__ import annotations
 
@@ -69,13 +67,10 @@ class OfficialStyle(NaturalGaLoreAdamW):
 
 
 def candidates(rank: int, gap: int, modes: tuple[str, ...]):
-    def ours(s, svd="full", history_dtype="float32", solve_each=None):
-        def make(ps):
-            opt = NaturalGaLoreAdamW([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
-                                       "history_size": s, "svd": svd, "history_dtype": history_dtype}], lr=1e-3)
-            opt.solve_each = solve_each  # None: the device's default (optimizer.py)
-            return opt
-        return make
+    def ours(s, svd="full", history_dtype="float32"):
+        return lambda ps: NaturalGaLoreAdamW([{"params": ps, "rank": rank, "update_proj_gap": gap,
+                                               "scale": 0.25, "history_size": s, "svd": svd,
+                                               "history_dtype": history_dtype}], lr=1e-3)
 
     def official(ps):
         return OfficialStyle([{"params": ps, "rank": rank, "update_proj_gap": gap, "scale": 0.25,
@@ -86,9 +81,7 @@ def candidates(rank: int, gap: int, modes: tuple[str, ...]):
         tag = "" if len(modes) == 1 else f" [{mode}]"
         out |= {f"natural-galore (s=10){tag}": ours(10), f"n-g bf16 window{tag}": ours(10, history_dtype="bfloat16"),
                 f"n-g int8 window{tag}": ours(10, history_dtype="int8")}
-    out |= {"natural-galore batched solve": ours(10, solve_each=False),
-            "natural-galore solve each": ours(10, solve_each=True),
-            "natural-galore lowrank": ours(10, "lowrank"), "official-style s=10": official}
+    out |= {"natural-galore lowrank": ours(10, "lowrank"), "official-style s=10": official}
     try:
         from galore_torch import GaLoreAdamW
 
@@ -185,7 +178,7 @@ def main() -> None:
         opt.step()  # warm-up: allocates state, and for the low-rank ones runs every SVD
         sync(device)
         first = time.perf_counter() - t0
-        for _ in range(10):  # fills the s = 10 windows: the chooser times its candidates here, not below
+        for _ in range(10 + 2 * (choice.TRIALS + 1)):  # fills the s = 10 windows, then the chooser's trial steps
             opt.step()
         runs[name] = {"opt": opt, "first": first, "times": [], "mode": mode}
     for _ in range(args.rounds):
@@ -213,18 +206,18 @@ def main() -> None:
     print("first step: every SVD and the state allocation (the compiled kernels were compiled before)")
     print(f"\n{'window part (row − galore s=0)':<32}{'ms/step':>9}{'floor ms':>10}{'× floor':>9}")
     for name, t in med.items():
-        if name.startswith(("natural-galore (s=10)", "n-g", "natural-galore batched", "natural-galore solve")):
+        if name.startswith(("natural-galore (s=10)", "n-g")):
             part, floor = t - med["galore (ours, s=0)"], window_bytes(name, shapes, args.rank) / bandwidth
             print(f"{name:<32}{part * 1e3:>9.2f}{floor * 1e3:>10.2f}{part / floor:>9.2f}")
     print("window floor: two reads of the window (Gram row, then g̃ = G·w) at the measured bandwidth")
-    picked = choice.choices()
+    picked = {n: r["opt"].kernel_choice for n, r in runs.items()
+              if r["mode"] == "auto" and hasattr(r["opt"], "kernel_choice")}
     if picked:
-        print("\nkernel choices made by the auto rows (pass, s, k up to, window dtype, result dtype, device):")
-        for kind, (chosen, seconds) in sorted(picked.items(), key=str):
-            timed = ", ".join(f"{c} {sec * 1e6:.0f} µs" for c, sec in seconds.items())
-            print(f"  {kind[0]:<9}{kind[1]:>3}{kind[2]:>9} {str(kind[3]):<15}{str(kind[4]):<15}{kind[5]:<6} "
-                  f"→ {chosen:<9} ({timed})")
-
+        print("\nkernel choices of the auto rows (each optimizer times its own steps, all-compiled vs "
+              "all-eager window passes, median of the trial steps; choice.py):")
+        for name, c in picked.items():
+            timed = ", ".join(f"{m} {sec * 1e3:.1f} ms" for m, sec in c["median_step_s"].items())
+            print(f"  {name:<32}→ {str(c['choice']):<9} ({timed})")
 
 if __name__ == "__main__":
     main()

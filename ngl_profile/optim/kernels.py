@@ -10,7 +10,7 @@ registers, and written once in the requested dtype. Measured on 2 cores (llama-6
 rank 128, fp32; s = 10 step minus s = 0 step, two runs each, g̃ then summed in float32): the
 window's part of the step went from 44–55 ms eager to 23–27 ms compiled (AMD EPYC); on an Intel
 Xeon of the same size compiled was the slower (issue 15), so the optimizers do not assume either:
-choice.py times both once per kind of window and keeps the faster.
+each times its own steps both ways and keeps the faster (choice.py).
 Tried and left out: a compiled Adam (one pass instead of six). Alone it was 1.6–2.6× faster per
 call, but steps were no faster (llama-60m 74.7 vs 71.8 ms eager; llama-350m layers 268–273 vs
 264–266 ms): between the matmuls its gain was lost to the call's Dynamo overhead and thread hand-offs.

@@ -17,12 +17,10 @@ s·2⁻⁵³·κ: measured ≤ 1.6e-6 at ‖g‖² = 1e6 and ≤ 1.2e-4 at 1e8 f
 rounding of the result (≤ 6e-8) dominates (`python -m tests.optim.dependent_windows` prints them).
 The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in float64 and updated by
 one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
-torch.stack of the history every step, as the official code does). Per matrix a step is `push`
-(store g_t, new Gram row), `weights` (w), then `combine` (g̃ = G w); the optimizer either solves
-every matrix's w in one batched `weights` call after all the pushes (a GPU; sharded) or each right
-after its push (a CPU: the window is then still in the cache for `combine`; optimizer.solve_each).
-Each of the two passes over a large window runs as a compiled kernel (kernels.py) or eagerly,
-whichever was faster on this machine (choice.py times both, once per kind of window).
+torch.stack of the history every step, as the official code does). A step is `push` (store g_t,
+new Gram row) for every matrix, one batched `weights` for all of them, then `combine` (g̃ = G w)
+for each; each of the two passes over a large window runs as a compiled kernel (kernels.py) or
+eagerly, whichever made the optimizer's steps faster on this machine (choice.py times both).
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
 category is declared in STATE_CATEGORIES, next to `init_window`, which creates them):
@@ -136,8 +134,7 @@ def _gram_update(state: dict, slot: int, n: int, compiled: bool | str = False, s
         row = kernels.gram_row(buf, scale, buf[slot], None if scale is None else scale[slot])
         return None if row is None else row[:n]
 
-    row = choice.run("gram_row", buf, torch.float64, compiled, n == buf.shape[0], fused,
-                     lambda: _gram_row_eager(state, slot, n))
+    row = choice.run(buf, compiled, fused, lambda: _gram_row_eager(state, slot, n))
     if shard is not None:  # this rank's rows of the columns: the dots are sums of per-rank partials
         shard.all_sum_(row)
     state["gram"][slot, :n] = row
@@ -157,7 +154,7 @@ def push(state: dict, g: torch.Tensor, compiled: bool | str = False, shard=None)
     """Append the flattened projected gradient g (length k) as the newest column.
 
     compiled: compute the new Gram row with the compiled kernel where it is usable (kernels.py);
-    "auto": with whichever of the compiled and the eager pass was faster here (choice.py).
+    "auto": as the optimizer step running now chose (choice.py), else compiled.
     shard: a sharded.Rows when g is one rank's chunk of the column (the window is then sharded
     the same way; the Gram row and an int8 scale are reduced over the ranks)."""
     s = state["history"].shape[0]
@@ -273,8 +270,7 @@ def combine(state: dict, w: torch.Tensor, compiled: bool | str = False,
     buf = state["history"]
     w64 = w.to(torch.float64)
     # the compiled kernel sums every slot (w = 0 for unfilled ones): one kernel per window shape
-    return choice.run("combine", buf, dtype, compiled, state["history_count"] == buf.shape[0],
-                      lambda: kernels.combine(buf, state.get("history_scale"), w64, dtype),
+    return choice.run(buf, compiled, lambda: kernels.combine(buf, state.get("history_scale"), w64, dtype),
                       lambda: _combine_eager(state, w64, dtype))
 
 

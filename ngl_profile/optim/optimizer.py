@@ -15,12 +15,12 @@ from itertools import chain
 
 import torch
 
-from ngl_profile.optim import natural, sharded
+from ngl_profile.optim import choice, natural, sharded
 from ngl_profile.optim.backoff import BackoffWatch, total_backoffs
 from ngl_profile.optim.projector import PROJ_TYPES, SVD_METHODS, clamp_rank, projected_shape, resolve_side, rotate
 from ngl_profile.optim.rules import STATE_DTYPES, Adam8bitRule, AdafactorRule, AdamRule
 from ngl_profile.optim.state_keys import category_of, merge
-from ngl_profile.optim.values import has_values
+from ngl_profile.optim.values import has_values, under_dispatch_mode
 
 __all__ = ["NaturalGaLoreAdamW", "NaturalGaLoreAdamW8bit", "NaturalGaLoreAdafactor",
            "LOW_RANK_DEFAULTS", "SUBSPACE_POLICIES"]
@@ -71,8 +71,8 @@ _STATE_CATEGORIES = {"step": "moments", "nonfinite_skips": "moments",  # ints: A
 
 
 def _kernels(group: dict) -> bool | str:
-    # compile=True: the faster of the compiled and the eager window passes, timed once per kind
-    # of window (choice.py; NGL_PROFILE_KERNELS forces one); False: eager
+    # compile=True: the compiled or the eager window passes, whichever made this optimizer's steps
+    # faster (choice.py; NGL_PROFILE_KERNELS forces one); False: eager
     return "auto" if group["compile"] else False
 
 
@@ -133,8 +133,29 @@ class _NaturalGaLore(torch.optim.Optimizer):
         # DTensor (FSDP2) parameters are stepped as their local rows; sharded.py says what that
         # communicates. Plain parameters pass through unchanged.
         with sharded.local_views(self.state, live) as local:
-            self._step_live(local)
+            with self._chooser.step(self._timeable(local), local[0][0].device if local else torch.device("cpu")):
+                self._step_live(local)
         return loss
+
+    @property
+    def _chooser(self) -> choice.StepChooser:
+        if "_step_chooser" not in self.__dict__:  # made on first use: also for optimizers loaded or copied
+            self._step_chooser = choice.StepChooser()
+        return self._step_chooser
+
+    @property
+    def kernel_choice(self) -> dict:
+        """{"choice": "compiled" | "eager" | None (not decided), "median_step_s": {mode: s}} (choice.py)."""
+        return self._chooser.summary()
+
+    def _timeable(self, live) -> bool:
+        """Whether this step can be one of the chooser's trials: some group asks for the choice,
+        every window is full, and the tensors are real with no dispatch mode (a tracker) active."""
+        windows = [self.state[p] for p, g in live if g["compile"] and g.get("rank") is not None
+                   and g["history_size"] > 0 and p.dim() >= 2]
+        return (bool(windows) and all(st.get("history_count", 0) == st["history"].shape[0] if "history" in st
+                                      else False for st in windows)
+                and has_values(windows[0]["history"]) and not under_dispatch_mode())
 
     def _step_live(self, live: list) -> None:
         verdicts = [None] * len(live)
@@ -145,39 +166,22 @@ class _NaturalGaLore(torch.optim.Optimizer):
             finite = sharded.agree(finite, live)  # shards: every rank skips the same updates
             # shape-only tensors (an estimate) hold no verdict to read: assume finite, as all_finite does
             verdicts = finite.tolist() if has_values(finite) else [True] * len(live)
-        each = self._solve_each(live)
         waiting = []  # pushed into their windows, waiting for the batched solve
         for (p, group), finite in zip(live, verdicts):
             pushed = self._begin(p, group, finite)
             if pushed is not None:
                 waiting.append((p, group, *pushed))
-                if each:
-                    self._solve_and_finish(waiting)
-                    waiting = []
         if waiting:
-            self._solve_and_finish(waiting)
-        self._backoff_watch.check()  # CPU: a free read; GPU: no sync (backoff.py)
-
-    def _solve_and_finish(self, waiting: list) -> None:
-        ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting],
-                             self._backoff_watch.tally)
-        for (p, group, side, shape, dtype), w in zip(waiting, ws):
-            g_tilde = natural.combine(self.state[p], w, _kernels(group), dtype).view(shape)
-            self._finish(p, group, g_tilde, side)
-
-    # None: decide by device. CPU → each window solved and combined right after its push, while the
-    # window (≤ the last-level cache) is still in the cache from the Gram row's read, so g̃ = G·w
-    # reads it from there, not from memory; the price is one small solve call per window instead of
-    # one for the step (benchmarks/optimizer_step.py measures both). GPU → one batched solve per step:
-    # a window there is far larger than the L2, and each solve call is a launch. Sharded → batched.
-    solve_each: bool | None = None
-
-    def _solve_each(self, live) -> bool:
-        if self.solve_each is not None:
-            return self.solve_each
-        if not live or any(sharded.context(p) is not None for p, _ in live):
-            return False
-        return live[0][0].grad.device.type == "cpu"
+            # one batched solve for every window of the step. Tried on a CPU, where each window
+            # could instead be solved and combined right after its push while still in the cache:
+            # the step was 26 ms slower (155 vs 129 ms, llama-60m, benchmarks/optimizer_step.py,
+            # AMD EPYC 2 cores, 2026-12-02): 56 small solves cost more than the cache saved
+            ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting],
+                                 self._backoff_watch.tally)
+            for (p, group, side, shape, dtype), w in zip(waiting, ws):
+                g_tilde = natural.combine(self.state[p], w, _kernels(group), dtype).view(shape)
+                self._finish(p, group, g_tilde, side)
+            self._backoff_watch.check()  # CPU: a free read; GPU: no sync (backoff.py)
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
     # free and the extra pass over every gradient is not: ~7 % of a GaLore step measured on 2 cores)
@@ -194,9 +198,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
 
     def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> tuple | None:
         """Project ∇ and, with a window, push g_t and return (side, shape, dtype): its update waits
-        for the window's solve (batched over the step, or right away: `solve_each`), and g_t itself
-        is not kept (the window holds it), so the peak never holds a projected gradient beside its
-        g̃. Without a window, update p right away and return None.
+        for the step's batched solve, and g_t itself is not kept (the window holds it), so the
+        peak never holds a projected gradient beside its g̃. Without a window, update p right away
+        and return None.
 
         `finite`: the step's verdict on this gradient, if already known; None: check it here.
         """

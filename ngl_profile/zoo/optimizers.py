@@ -308,8 +308,5 @@ def build(name: str, model: nn.Module, *, target: str = "cpu", precision: str = 
         return LayerwiseOptimizer(groups, make, accumulation_steps=accumulation)
     opt = make(groups)
     if target == "cuda" and hasattr(opt, "whole_step_check"):
-        # what CUDA gradients choose by themselves (optimizer.py): an estimate's fake tensors are
-        # CPU tensors, and must take the GPU's path — one finiteness check and one batched solve per step
-        opt.whole_step_check = True
-        opt.solve_each = False
+        opt.whole_step_check = True  # what CUDA gradients choose by themselves (optimizer.py)
     return opt

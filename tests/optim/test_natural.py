@@ -165,8 +165,7 @@ def test_sliced_window_reads_equal_one_slice(monkeypatch, dtype):
     torch.testing.assert_close(sliced[1], whole[1], rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("solve_each", [False, True])
-def test_projected_gradient_is_freed_before_its_update(solve_each, monkeypatch):
+def test_projected_gradient_is_freed_before_its_update(monkeypatch):
     """The window holds g_t; the step must not keep it alive beside g̃ while it waits for the
     batched solve (the 7B estimate showed one extra projected gradient at the peak when it did)."""
     import weakref
@@ -193,13 +192,10 @@ def test_projected_gradient_is_freed_before_its_update(solve_each, monkeypatch):
     gen = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(30, 20, generator=gen)), torch.nn.Parameter(torch.randn(20, 30, generator=gen))]
     opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3}])
-    opt.solve_each = solve_each
     for p in ps:
         p.grad = torch.randn(p.shape, generator=gen)
     opt.step()
-    # batched: both pushed before the first update; each: the second pushed after the first update
-    expect = [[False, False], [False, False]] if not solve_each else [[False], [False, False]]
-    assert len(refs) == 2 and alive_at_finish == expect
+    assert len(refs) == 2 and alive_at_finish == [[False, False], [False, False]]
 
 
 def test_batched_weights_equal_one_at_a_time():
@@ -226,41 +222,3 @@ def test_batched_weights_equal_one_at_a_time():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert together[1][2:].eq(0).all() and together[1].shape == (4,)  # unfilled slots: w = 0
 
-
-def test_solve_order_changes_nothing_but_the_order():
-    """Each window solved right after its push (the CPU default) or one batched solve for the step
-    (the GPU's): the same updates, bit for bit, over steps that fill and wrap the windows."""
-    from ngl_profile.optim import NaturalGaLoreAdamW
-
-    results = []
-    for each in (True, False):
-        gen = torch.Generator().manual_seed(5)
-        ps = [torch.nn.Parameter(torch.randn(shape, generator=gen)) for shape in ((30, 20), (20, 30), (12,))]
-        opt = NaturalGaLoreAdamW([{"params": ps[:2], "rank": 4, "history_size": 3}, {"params": ps[2:]}], lr=1e-2)
-        opt.solve_each = each
-        for _ in range(6):
-            for p in ps:
-                p.grad = torch.randn(p.shape, generator=gen)
-            opt.step()
-        results.append([p.detach().clone() for p in ps])
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
-    cpu = NaturalGaLoreAdamW([{"params": [torch.nn.Parameter(torch.ones(4, 4))], "rank": 2, "history_size": 2}])
-    cpu.param_groups[0]["params"][0].grad = torch.ones(4, 4)
-    assert cpu._solve_each([(cpu.param_groups[0]["params"][0], cpu.param_groups[0])]) is True
-
-
-def test_a_gpu_estimate_takes_the_gpus_solve_order():
-    """An estimate's fake tensors are CPU tensors: build(target="cuda") must still give it the
-    GPU's path (one batched solve per step), as a real CUDA run takes; target cpu leaves the choice
-    to the device."""
-    from ngl_profile.zoo.models import build_model, get_model
-    from ngl_profile.zoo.optimizers import build
-
-    from .rng import local_rng
-
-    with local_rng(0):
-        model = build_model(get_model("tiny"), torch.float32)
-    gpu, cpu = build("natural-galore", model, target="cuda"), build("natural-galore", model, target="cpu")
-    assert gpu.solve_each is False and gpu.whole_step_check is True
-    assert cpu.solve_each is None
