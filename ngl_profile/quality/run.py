@@ -4,8 +4,10 @@ learning rate tuned where the case sets none; then the memory and speed of the s
 Per case:
   1. lr: the case's own, or the best of its quality.lr_grid — one run per grid value (seed 0,
      tune_steps steps, the same schedule), judged by held-out loss on the *tune* split, never on
-     the test split the results report. An official-formula row takes its twin's lr: the row is
-     there to show what the formula alone changes
+     the test split the results report. At full length (tune_steps 0) the winner's run is seed
+     0's (the same weights and batches; its test-split curve recorded alongside). An
+     official-formula row takes its twin's lr: the row is there to show what the formula alone
+     changes
   2. quality.seeds runs at that lr, judged on the test split
   3. memory by category: ngl_profile.estimate on the same model, batch and optimizer (FakeTensorMode:
      exact sizes, nothing allocated, the target GPU's code paths) — estimated, and labelled so
@@ -58,22 +60,36 @@ def _say(progress, text: str) -> None:
         progress(text)
 
 
-def _tune(plan, scn, spec, corpus, device, progress) -> tuple[float, list[dict]]:
+def _tune(plan, scn, spec, corpus, test_windows, device, progress) -> tuple[float, list[dict], Curve | None]:
+    """(lr, sweep, the chosen lr's run when it can stand as seed 0). A sweep at full length
+    (tune_steps = 0 or = steps) trains exactly seed 0's run at each lr, so it also records the test
+    split's curve: the winner's run is then seed 0's, not trained a second time."""
     grid = spec.grid_for(plan.case.label)
     if not plan.tuned or not grid:
-        return float(plan.hparams["lr"]), []
-    windows = corpus.eval_windows("tune", scn.seq_len, spec.eval_sequences)
-    sweep = []
+        return float(plan.hparams["lr"]), [], None
+    tune_windows = corpus.eval_windows("tune", scn.seq_len, spec.eval_sequences)
+    full = spec.tune_length == spec.steps
+    sweep, runs = [], {}
     for lr in grid:
-        curve = train_run(scn, plan.name, {**plan.hparams, "lr": lr}, corpus=corpus, steps=spec.tune_length, seed=0,
-                          windows=windows, eval_every=spec.tune_length, warmup_fraction=spec.warmup_fraction,
-                          min_lr_ratio=spec.min_lr_ratio, official=plan.official, device=device)
-        sweep.append({"lr": lr, "tune_loss": curve.final_heldout})
-        _say(progress, f"{plan.label}: lr {lr:g} → tune loss {curve.final_heldout:.4f}")
+        if full:
+            curve = train_run(scn, plan.name, {**plan.hparams, "lr": lr}, corpus=corpus, steps=spec.steps, seed=0,
+                              windows=test_windows, eval_every=spec.eval_every, tune_windows=tune_windows,
+                              warmup_fraction=spec.warmup_fraction, min_lr_ratio=spec.min_lr_ratio,
+                              official=plan.official, device=device)
+            loss, runs[lr] = curve.tune_loss, curve
+        else:
+            curve = train_run(scn, plan.name, {**plan.hparams, "lr": lr}, corpus=corpus, steps=spec.tune_length,
+                              seed=0, windows=tune_windows, eval_every=spec.tune_length,
+                              warmup_fraction=spec.warmup_fraction, min_lr_ratio=spec.min_lr_ratio,
+                              official=plan.official, device=device)
+            loss = curve.final_heldout
+        sweep.append({"lr": lr, "tune_loss": loss})
+        _say(progress, f"{plan.label}: lr {lr:g} → tune loss {loss:.4f}")
     finite = [s for s in sweep if math.isfinite(s["tune_loss"])]
     if not finite:
         raise ValueError(f"{plan.label}: every learning rate of quality.lr_grid diverged; try smaller ones")
-    return min(finite, key=lambda s: s["tune_loss"])["lr"], sweep
+    lr = min(finite, key=lambda s: s["tune_loss"])["lr"]
+    return lr, sweep, runs.get(lr)
 
 
 def _memory(plan, scn, lr: float):
@@ -137,14 +153,15 @@ def train_scenario(scn, spec, *, device: str = "cpu", progress=None):
     cases, chosen = [], {}
     for plan in plan_cases(scn, spec):
         t_case = time.perf_counter()
+        seed0 = None
         if plan.official and plan.case.label in chosen:
             lr, sweep, source = chosen[plan.case.label], [], f"its twin's ({plan.case.label})"
         else:
-            lr, sweep = _tune(plan, scn, spec, corpus, device, progress)
+            lr, sweep, seed0 = _tune(plan, scn, spec, corpus, windows, device, progress)
             source = "tuned over quality.lr_grid" if sweep else "set by the case"
             chosen[plan.case.label] = lr
-        curves = []
-        for seed in range(spec.seeds):
+        curves = [seed0] if seed0 is not None else []  # the sweep's winner is seed 0's run
+        for seed in range(len(curves), spec.seeds):
             curve = train_run(scn, plan.name, {**plan.hparams, "lr": lr}, corpus=corpus, steps=spec.steps, seed=seed,
                               windows=windows, eval_every=spec.eval_every, warmup_fraction=spec.warmup_fraction,
                               min_lr_ratio=spec.min_lr_ratio, official=plan.official, device=device)

@@ -35,6 +35,8 @@ class Curve:
     """forward / backward / optimizer → wall seconds per step"""
     diverged_at: int | None = None
     """the step whose loss was not finite (the run stopped there), else None"""
+    tune_loss: float | None = None
+    """held-out loss on the tune split after the last step, when the run was also a tuning run"""
 
     @property
     def final_heldout(self) -> float:
@@ -43,7 +45,7 @@ class Curve:
     def to_dict(self) -> dict:
         return {"seed": self.seed, "lr": self.lr, "train_loss": self.train_loss, "eval_steps": self.eval_steps,
                 "heldout_loss": self.heldout_loss, "step_s": self.step_s, "phase_s": self.phase_s,
-                "diverged_at": self.diverged_at}
+                "diverged_at": self.diverged_at, "tune_loss": self.tune_loss}
 
 
 def schedule(opt, steps: int, warmup_fraction: float, min_lr_ratio: float):
@@ -98,8 +100,9 @@ def evaluate(model, windows: torch.Tensor, batch_size: int, device, scn) -> floa
 
 def train_run(scn, name: str, hparams: dict, *, corpus, steps: int, seed: int, windows: torch.Tensor,
               eval_every: int, warmup_fraction: float, min_lr_ratio: float, official: bool = False,
-              device="cpu", on_step=None) -> Curve:
-    """Train from seed `seed`'s initialisation for `steps` steps at hparams["lr"] (the peak)."""
+              device="cpu", on_step=None, tune_windows: torch.Tensor | None = None) -> Curve:
+    """Train from seed `seed`'s initialisation for `steps` steps at hparams["lr"] (the peak).
+    tune_windows: also measure the tune split's loss after the last step (curve.tune_loss)."""
     from ngl_profile.engine.steps import compute_context
 
     device = torch.device(device)
@@ -141,5 +144,8 @@ def train_run(scn, name: str, hparams: dict, *, corpus, steps: int, seed: int, w
             curve.heldout_loss.append(evaluate(model, windows, scn.batch_size, device, scn))
         if on_step is not None:
             on_step(step + 1, value)
+    if tune_windows is not None:
+        curve.tune_loss = evaluate(model, tune_windows, scn.batch_size, device, scn) if curve.diverged_at is None \
+            else math.nan
     del model, opt
     return curve

@@ -15,7 +15,7 @@ from ngl_profile.schema.results import load_results
 STEPS = 40
 
 
-def train_on_one_thread(scn, spec):
+def on_one_thread(fn, *args, **kwargs):
     # one thread: a model this small gains nothing from two, and on a busy 2-core runner two
     # threads spinning against the other jobs made it 10x slower (0.46 s a step instead of 0.04)
     import torch
@@ -23,9 +23,13 @@ def train_on_one_thread(scn, spec):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train_scenario(scn, spec)
+        return fn(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
+
+
+def train_on_one_thread(scn, spec):
+    return on_one_thread(train_scenario, scn, spec)
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +141,29 @@ def test_tuning_per_case_grid_and_the_official_twin(tmp_path):
     assert official.quality["lr_sweep"] == [] and official.quality["lr_source"].startswith("its twin's")
     assert ngl.quality["lr_at_grid_edge"] == (best != 1e-2)
     assert at_grid_edge(1e-2, [{"lr": 1e-2}]) is False  # one value is no grid to be at the edge of
+
+
+def test_full_length_tuning_reuses_the_winners_run_as_seed_0(monkeypatch):
+    """tune_steps 0: each grid value trains seed 0's whole run; the winner's run is seed 0's (the
+    same losses, bit for bit, as training seed 0 at that lr again), so seeds − 1 runs remain."""
+    from ngl_profile.quality import run as quality_run
+    from ngl_profile.quality.data import load_corpus
+
+    scn, spec = load_quality("quality-tiny")
+    scn = scn.select(["galore"])
+    scn.optimizers[0].hparams.pop("lr", None)
+    spec = spec.with_overrides(steps=4, seeds=2, eval_every=2, tune_steps=0, lr_grid=[3e-3, 3e-2])
+    runs = []
+    real = quality_run.train_run
+    monkeypatch.setattr(quality_run, "train_run", lambda *a, **k: runs.append(k["seed"]) or real(*a, **k))
+    run = train_on_one_thread(scn, spec)
+    assert runs == [0, 0, 1]  # the two grid values at seed 0, then seed 1 only
+    q = run.cases[0].quality
+    seed0 = q["curves"][0]
+    assert seed0["seed"] == 0 and seed0["lr"] == q["lr"] and seed0["eval_steps"] == [0, 2, 4]
+    assert seed0["tune_loss"] == min(s["tune_loss"] for s in q["lr_sweep"])
+    corpus = load_corpus(spec.max_bytes, spec.heldout_every)
+    again = on_one_thread(real, scn, "galore", {**scn.optimizers[0].resolved_hparams(scn), "lr": q["lr"]}, corpus=corpus, steps=4,
+                 seed=0, windows=corpus.eval_windows("test", scn.seq_len, spec.eval_sequences), eval_every=2,
+                 warmup_fraction=spec.warmup_fraction, min_lr_ratio=spec.min_lr_ratio)
+    assert again.train_loss == seed0["train_loss"] and again.heldout_loss == seed0["heldout_loss"]
