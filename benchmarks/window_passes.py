@@ -1,0 +1,89 @@
+"""The window's two passes alone, against a plain read of the same bytes.
+
+    python benchmarks/window_passes.py [--model llama-60m] [--rank 128] [--s 10] [--rounds 9]
+
+One s×k float32 window per block matrix of the model (llama-60m: 56), filled with random values;
+timed back to back over all of them, as a step runs them (together they outgrow the cache): a plain
+`x.sum()` of every window (the read floor), every compiled Gram row, every compiled g̃ = G·w, both
+passes phased (all Gram rows, then all g̃, as the optimizer runs them) and paired (each window's two
+passes back to back: the second reads it from the cache). Medians and minima of `--rounds` rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+
+from ngl_profile.optim import kernels
+from ngl_profile.zoo.models import get_model
+
+
+def projected_sizes(model: str, rank: int) -> list[int]:
+    from optimizer_step import block_shapes  # benchmarks/ is on the path when run as a script
+
+    return [min(m, rank) * n if m < n else m * min(n, rank) for m, n in block_shapes(model)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="llama-60m")
+    ap.add_argument("--rank", type=int, default=128)
+    ap.add_argument("--s", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=9)
+    args = ap.parse_args()
+    try:
+        get_model(args.model)  # an unknown name is one line, before anything is allocated
+    except ValueError as e:
+        print(f"window_passes.py: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    gen = torch.Generator().manual_seed(0)
+    windows = [torch.randn(args.s, k, generator=gen) for k in projected_sizes(args.model, args.rank)]
+    w = torch.randn(args.s, dtype=torch.float64, generator=gen)
+
+    def read():
+        for x in windows:
+            x.sum()
+
+    def gram():
+        for x in windows:
+            kernels.gram_row(x, None, x[0], None)
+
+    def combine():
+        for x in windows:
+            kernels.combine(x, None, w, torch.float32)
+
+    def phased():
+        gram()
+        combine()
+
+    def paired():
+        for x in windows:
+            kernels.gram_row(x, None, x[0], None)
+            kernels.combine(x, None, w, torch.float32)
+
+    runs = {f.__name__: f for f in (read, gram, combine, phased, paired)}
+    for f in runs.values():
+        f()  # compiles the kernels, faults the pages in
+    times = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, f in runs.items():
+            t0 = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - t0)
+    nbytes = sum(x.numel() * x.element_size() for x in windows)
+    read_s = statistics.median(times["read"])
+    print(f"{args.model}: {len(windows)} windows, s = {args.s}, rank {args.rank}, float32, {nbytes / 1e6:.0f} MB; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds")
+    print(f"{'pass':<10}{'median ms':>11}{'min ms':>9}{'× read':>9}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        reads = 2 if name in ("phased", "paired") else 1
+        print(f"{name:<10}{med * 1e3:>11.2f}{min(ts) * 1e3:>9.2f}{med / (reads * read_s):>9.2f}")
+    print("× read: against one plain read of every window (two for phased and paired)")
+
+
+if __name__ == "__main__":
+    main()
