@@ -5,8 +5,11 @@
 One s×k float32 window per block matrix of the model (llama-60m: 56), filled with random values;
 timed back to back over all of them, as a step runs them (together they outgrow the cache): a plain
 `x.sum()` of every window (the read floor), every compiled Gram row, every compiled g̃ = G·w, both
-passes phased (all Gram rows, then all g̃, as the optimizer runs them) and paired (each window's two
-passes back to back: the second reads it from the cache). Medians and minima of `--rounds` rounds.
+passes phased (all Gram rows, then all g̃) and paired (each window's two passes back to back: the
+second reads it from the cache), one call per window; then the same windows packed into arenas by
+shape, as the optimizer keeps them (natural.init_windows), each pass one call per arena (`arena
+…` rows; g̃ in batches of natural._COMBINE_BYTES, as the step makes them). Medians and minima
+of `--rounds` rounds.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import time
 
 import torch
 
-from ngl_profile.optim import kernels
+from ngl_profile.optim import kernels, natural
 from ngl_profile.zoo.models import get_model
 
 
@@ -64,7 +67,32 @@ def main() -> None:
             kernels.gram_row(x, None, x[0], None)
             kernels.combine(x, None, w, torch.float32)
 
-    runs = {f.__name__: f for f in (read, gram, combine, phased, paired)}
+    by_k: dict[int, list[torch.Tensor]] = {}
+    for x in windows:
+        by_k.setdefault(x.shape[1], []).append(x)
+    arenas = [torch.stack(xs) for xs in by_k.values()]  # P×s×k, the layout of the optimizer's arenas
+    weights = [w.expand(a.shape[0], -1).contiguous() for a in arenas]
+
+    def arena_read():
+        for a in arenas:
+            a.sum()
+
+    def arena_gram():
+        for a in arenas:
+            kernels.gram_rows(a, None, a[:, 0], None)
+
+    def arena_combine():
+        for a, wa in zip(arenas, weights):
+            per = max(1, natural._COMBINE_BYTES // (a.shape[2] * 4))
+            for lo in range(0, a.shape[0], per):
+                kernels.combine_rows(a[lo:lo + per], None, wa[lo:lo + per], torch.float32)
+
+    def arena_phased():
+        arena_gram()
+        arena_combine()
+
+    runs = {f.__name__.replace("_", " "): f for f in (read, gram, combine, phased, paired, arena_read,
+                                                       arena_gram, arena_combine, arena_phased)}
     for f in runs.values():
         f()  # compiles the kernels, faults the pages in
     times = {name: [] for name in runs}
@@ -77,12 +105,13 @@ def main() -> None:
     read_s = statistics.median(times["read"])
     print(f"{args.model}: {len(windows)} windows, s = {args.s}, rank {args.rank}, float32, {nbytes / 1e6:.0f} MB; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds")
-    print(f"{'pass':<10}{'median ms':>11}{'min ms':>9}{'× read':>9}")
+    print(f"{'pass':<15}{'median ms':>11}{'min ms':>9}{'× read':>9}")
     for name, ts in times.items():
         med = statistics.median(ts)
-        reads = 2 if name in ("phased", "paired") else 1
-        print(f"{name:<10}{med * 1e3:>11.2f}{min(ts) * 1e3:>9.2f}{med / (reads * read_s):>9.2f}")
-    print("× read: against one plain read of every window (two for phased and paired)")
+        reads = 2 if name.endswith(("phased", "paired")) else 1
+        print(f"{name:<15}{med * 1e3:>11.2f}{min(ts) * 1e3:>9.2f}{med / (reads * read_s):>9.2f}")
+    print(f"× read: against one plain read of every window, one call per window ({read_s * 1e3:.2f} ms; "
+          f"two for phased and paired)")
 
 
 if __name__ == "__main__":

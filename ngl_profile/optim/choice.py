@@ -49,7 +49,7 @@ import torch
 
 from ngl_profile.optim import kernels
 
-__all__ = ["MODES", "ENV", "TRIALS", "mode", "run", "StepChooser", "stepping"]
+__all__ = ["MODES", "ENV", "TRIALS", "mode", "wants_compiled", "run", "StepChooser", "stepping"]
 
 MODES = ("auto", "compiled", "eager")
 ENV = "NGL_PROFILE_KERNELS"
@@ -79,20 +79,23 @@ def stepping(name: str | None):
         _stepping = before
 
 
-def run(window: torch.Tensor, request: bool | str, compiled: Callable[[], torch.Tensor | None],
-        eager: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The result of a pass over `window` by the implementation asked for.
+def wants_compiled(window: torch.Tensor, request: bool | str) -> bool:
+    """Whether a pass over `window` (one window or an arena of them) takes the compiled kernel.
 
     request: False → eager; True → the compiled kernel wherever it is usable; "auto" → the mode of
     the step running now (`stepping`), else the compiled kernel. The environment (`mode`) overrides
-    all three. compiled: the compiled kernel's call (None: it cannot run here); eager: the eager pass.
-    """
+    all three."""
     forced = mode()
     if not request or forced == "eager" or not kernels.usable(window):
-        return eager()
-    if request == "auto" and forced == "auto" and _stepping == "eager":
-        return eager()
-    out = compiled()
+        return False
+    return not (request == "auto" and forced == "auto" and _stepping == "eager")
+
+
+def run(window: torch.Tensor, request: bool | str, compiled: Callable[[], torch.Tensor | None],
+        eager: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The result of a pass over `window` by the implementation `wants_compiled` picks.
+    compiled: the compiled kernel's call (None: it cannot run here); eager: the eager pass."""
+    out = compiled() if wants_compiled(window, request) else None
     return eager() if out is None else out
 
 

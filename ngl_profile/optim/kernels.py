@@ -11,6 +11,12 @@ rank 128, fp32; s = 10 step minus s = 0 step, two runs each, g̃ then summed in 
 window's part of the step went from 44–55 ms eager to 23–27 ms compiled (AMD EPYC); on an Intel
 Xeon of the same size compiled was the slower (issue 15), so the optimizers do not assume either:
 each times its own steps both ways and keeps the faster (choice.py).
+Each kernel takes an arena of P windows of one shape (P×s×k, natural.init_windows) and runs as
+one call over all of them: called once per window, a call's ~35–50 µs of Dynamo and wrapper
+overhead and the restart of its s + 1 memory streams made the two passes over llama-60m's 56
+windows 1.5–2× a plain read of them, where over its two arenas each pass is ~1.0–1.4× one
+(benchmarks/window_passes.py prints both). `gram_row` and `combine` are the same kernels on one
+window, made a batch of one inside the compiled graph.
 Tried and left out: a compiled Adam (one pass instead of six). Alone it was 1.6–2.6× faster per
 call, but steps were no faster (llama-60m 74.7 vs 71.8 ms eager; llama-350m layers 268–273 vs
 264–266 ms): between the matmuls its gain was lost to the call's Dynamo overhead and thread hand-offs.
@@ -32,7 +38,7 @@ import torch
 
 from ngl_profile.optim.values import has_values, outside_dispatch_modes
 
-__all__ = ["MIN_ELEMENTS", "usable", "gram_row", "combine"]
+__all__ = ["MIN_ELEMENTS", "usable", "gram_rows", "combine_rows", "gram_row", "combine"]
 
 # NGL_PROFILE_COMPILE=0 turns the compiled kernels off for every optimizer in the process
 _ENV = "NGL_PROFILE_COMPILE"
@@ -55,45 +61,60 @@ def usable(window: torch.Tensor) -> bool:
 
 
 def _gram_row_kernel(cols, col_scale, g, g_scale, out):
-    # One float64 dot per row, unrolled (s is fixed per window): 56 llama-60m windows in 7.5 ms
-    # against 8.8 ms for one reduction over the s×k block. bf16·bf16 and int8·int8 products are exact in float32, so those are
+    # cols: P×s×k (an arena of P windows, natural.init_windows), g: P×k, out: P×s. One float64
+    # dot per row, unrolled (s is fixed per window): inductor makes one loop over P·k holding s
+    # accumulators, which reads every window once at a plain read's speed (benchmarks/
+    # window_passes.py). bf16·bf16 and int8·int8 products are exact in float32, so those are
     # multiplied in float32 and only the products widened: inductor's bf16 → float64 conversion
     # is not vectorised on a CPU (the bf16 Gram row took 2.5× the float32 one). float32 values
     # are widened first: their products are exact only in float64.
     exact32 = cols.dtype != torch.float32
     x = g.to(torch.float32) if exact32 else g.to(torch.float64)
     dots = []
-    for j in range(cols.shape[0]):
+    for j in range(cols.shape[1]):
         if exact32:
-            dots.append((cols[j].to(torch.float32) * x).to(torch.float64).sum())
+            dots.append((cols[:, j].to(torch.float32) * x).to(torch.float64).sum(-1))
         else:
-            dots.append((cols[j].to(torch.float64) * x).sum())
-    row = torch.stack(dots)
+            dots.append((cols[:, j].to(torch.float64) * x).sum(-1))
+    row = torch.stack(dots, 1)
     if col_scale is not None:  # int8 storage: every column has its own absmax scale
-        row = row * col_scale.to(torch.float64) * g_scale.to(torch.float64)
+        row = row * col_scale.to(torch.float64) * g_scale.to(torch.float64)[:, None]
     out.copy_(row)
 
 
 def _combine_kernel(cols, col_scale, w, out):
-    # Σ_j w_j c_j accumulated in float64 (w is float64; in a dependent window its entries are
-    # ≈ ±1/λ and cancel: a float32 sum lost every digit, natural.combine), rounded once into
-    # `out`. Row by row (the loop unrolls: s is fixed per window), so each row is one streaming
-    # read; torch.mv over the transposed window ran on one core at ~60 % of the read bandwidth.
-    # bf16 and int8 go through float32 (exact) on their way to float64: inductor vectorises
-    # that on a CPU, not a direct bf16 → float64 conversion. An int8 column's scale is folded
-    # into its weight (s multiplies, not s·k). Cost of float64: one FMA per window element at
-    # half the float32 vector width (benchmarks/optimizer_step.py measures it on a CPU). On a GPU
-    # with 1/64-rate float64 (RTX 4090 datasheet: 0.65 T FMA/s, 1.0 TB/s) a float32 or bf16
-    # window stays read-bound; an int8 one (1 byte per FMA) would take ~1.6× its read time.
+    # Σ_j w_j c_j for each of P windows (cols P×s×k, w P×s, out P×k), accumulated in float64 (w is
+    # float64; in a dependent window its entries are ≈ ±1/λ and cancel: a float32 sum lost every
+    # digit, natural.combine), rounded once into `out`. Row by row (the loop unrolls: s is fixed
+    # per window), so each row is one streaming read; torch.mv over the transposed window ran on
+    # one core at ~60 % of the read bandwidth. bf16 and int8 go through float32 (exact) on their
+    # way to float64: inductor vectorises that on a CPU, not a direct bf16 → float64 conversion.
+    # An int8 column's scale is folded into its weight (s multiplies, not s·k). Cost of float64:
+    # one FMA per window element at half the float32 vector width (benchmarks/optimizer_step.py
+    # measures it on a CPU). On a GPU with 1/64-rate float64 (RTX 4090 datasheet: 0.65 T FMA/s,
+    # 1.0 TB/s) a float32 or bf16 window stays read-bound; an int8 one (1 byte per FMA) would take
+    # ~1.6× its read time.
     acc = None
-    for j in range(cols.shape[0]):
-        wj = w[j] if col_scale is None else w[j] * col_scale[j].to(torch.float64)
-        term = cols[j].to(torch.float32).to(torch.float64) * wj
+    for j in range(cols.shape[1]):
+        wj = w[:, j:j + 1] if col_scale is None else w[:, j:j + 1] * col_scale[:, j:j + 1].to(torch.float64)
+        term = cols[:, j].to(torch.float32).to(torch.float64) * wj
         acc = term if acc is None else acc + term
     out.copy_(acc)
 
 
-_KERNELS = {"gram_row": _gram_row_kernel, "combine": _combine_kernel}
+# the batched kernels on one window, made a batch of one inside the compiled graph: views taken
+# eagerly would show the window to the memory tracker as if the pass allocated it
+def _gram_row_one(cols, col_scale, g, g_scale, out):
+    _gram_row_kernel(cols[None], None if col_scale is None else col_scale[None], g[None],
+                     None if g_scale is None else g_scale[None], out[None])
+
+
+def _combine_one(cols, col_scale, w, out):
+    _combine_kernel(cols[None], None if col_scale is None else col_scale[None], w[None], out[None])
+
+
+_KERNELS = {"gram_row": _gram_row_kernel, "combine": _combine_kernel,
+            "gram_row_1": _gram_row_one, "combine_1": _combine_one}
 
 
 def _run(name: str, device: torch.device, *args) -> bool:
@@ -118,26 +139,50 @@ def _run(name: str, device: torch.device, *args) -> bool:
     return True
 
 
+def gram_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
+              g_scale: torch.Tensor | None) -> torch.Tensor | None:
+    """float64 P×s [⟨c_j, g_p⟩ for every row c_j of window p] of an arena `cols` (P×s×k; g: P×k;
+    scales P×s and P, int8 storage only), or None if the kernel is not `usable` for it or cannot
+    be compiled here: the caller computes it eagerly."""
+    if not usable(cols):
+        return None
+    out = torch.empty(cols.shape[0], cols.shape[1], dtype=torch.float64, device=cols.device)
+    if not has_values(out) or _run("gram_row", cols.device, cols, col_scale, g, g_scale, out):
+        return out
+    return None
+
+
+def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
+                 dtype: torch.dtype) -> torch.Tensor | None:
+    """P×k: Σ_j w_pj c_pj for every window p of an arena `cols` (P×s×k, dequantized by col_scale;
+    w: float64 P×s), summed in float64 and rounded once to `dtype`; None if not `usable` or not
+    compilable here. Rows with w_pj = 0 add exactly 0 (stored values are finite). Allocates only
+    the P×k output."""
+    if not usable(cols):
+        return None
+    out = torch.empty(cols.shape[0], cols.shape[2], dtype=dtype, device=cols.device)
+    if not has_values(out) or _run("combine", cols.device, cols, col_scale, w, out):
+        return out
+    return None
+
+
 def gram_row(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
              g_scale: torch.Tensor | None) -> torch.Tensor | None:
-    """float64 [⟨c_j, g⟩ for every row c_j of cols] (dequantized by the scales when given), or
-    None if the kernel is not `usable` here or cannot be compiled: the caller computes it eagerly."""
+    """`gram_rows` for one s×k window: float64, length s (None: compute it eagerly)."""
     if not usable(cols):
         return None
     out = torch.empty(cols.shape[0], dtype=torch.float64, device=cols.device)
-    if not has_values(out) or _run("gram_row", cols.device, cols, col_scale, g, g_scale, out):
+    if not has_values(out) or _run("gram_row_1", cols.device, cols, col_scale, g, g_scale, out):
         return out
     return None
 
 
 def combine(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
             dtype: torch.dtype) -> torch.Tensor | None:
-    """Σ_j w_j c_j over every row c_j of cols (dequantized; w: float64, one per row), summed in
-    float64 and rounded once to `dtype`; None if not `usable` or not compilable here. Rows with
-    w_j = 0 add exactly 0 (stored values are finite). Allocates only the length-k output."""
+    """`combine_rows` for one s×k window (w: float64, length s): length k (None: eagerly)."""
     if not usable(cols):
         return None
     out = torch.empty(cols.shape[1], dtype=dtype, device=cols.device)
-    if not has_values(out) or _run("combine", cols.device, cols, col_scale, w, out):
+    if not has_values(out) or _run("combine_1", cols.device, cols, col_scale, w, out):
         return out
     return None

@@ -17,10 +17,12 @@ s·2⁻⁵³·κ: measured ≤ 1.6e-6 at ‖g‖² = 1e6 and ≤ 1.2e-4 at 1e8 f
 rounding of the result (≤ 6e-8) dominates (`python -m tests.optim.dependent_windows` prints them).
 The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in float64 and updated by
 one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
-torch.stack of the history every step, as the official code does). A step is `push` (store g_t,
-new Gram row) for every matrix, one batched `weights` for all of them, then `combine` (g̃ = G w)
-for each; each of the two passes over a large window runs as a compiled kernel (kernels.py) or
-eagerly, whichever made the optimizer's steps faster on this machine (choice.py times both).
+torch.stack of the history every step, as the official code does); the windows of one shape are
+slices of one arena (`init_windows`). A step is `store` (g_t into its slot) for every matrix, then
+`update_grams` (the new Gram rows), one batched `weights` for all of them, then `combine_all`
+(g̃ = G w); each of the two passes runs over a whole arena at once as a compiled kernel
+(kernels.py), or one window at a time eagerly, whichever made the optimizer's steps faster on this
+machine (choice.py times both). `push` and `combine` are the same passes for one window.
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
 category is declared in STATE_CATEGORIES, next to `init_window`, which creates them):
@@ -40,8 +42,9 @@ import torch
 from ngl_profile.optim import choice, kernels
 from ngl_profile.optim.values import has_values, value_scope
 
-__all__ = ["HISTORY_DTYPES", "STATE_CATEGORIES", "N_TIERS", "TIER_FACTOR", "init_window", "reset_window",
-           "push", "weights", "combine", "solve", "rotate_window", "all_finite"]
+__all__ = ["HISTORY_DTYPES", "STATE_CATEGORIES", "N_TIERS", "TIER_FACTOR", "init_windows", "init_window",
+           "repack", "reset_window", "store", "push", "update_grams", "weights", "combine", "combine_all",
+           "solve", "rotate_window", "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 # The window is read in slices of at most this many elements (all columns together), so neither the
@@ -76,14 +79,68 @@ STATE_CATEGORIES = {"history": "history", "history_scale": "history", "gram": "h
                     "history_count": "history", "history_head": "history", "damping_backoffs": "history"}
 
 
+# Windows of one shape, dtype and device are made as slices of one arena (P×s×k history, P×s scales,
+# P×s×s Gram matrices) so that each pass runs as one compiled call over all of them: per window,
+# the call's ~50 µs of Dynamo and wrapper overhead and the restart of its memory streams made the
+# passes over llama-60m's 56 windows ~1.5× a plain read of them, against ~1.05× over arenas
+# (benchmarks/window_passes.py). Windows larger than _PACK_WINDOW_BYTES stay alone (one call is
+# then a long read), and an arena holds at most _ARENA_BYTES, the transient of re-packing one
+# after a checkpoint load (`repack`).
+_PACK_WINDOW_BYTES = 64 << 20
+_ARENA_BYTES = 256 << 20
+# g̃ of an arena's windows is made for at most this many bytes of them at a time (and at least one
+# window): the peak holds that many g̃ bytes at once instead of one window's. 32 MiB covers
+# llama-60m's larger arena (24 × 0.7 MB) in one call: in three calls of ≤ 8 MiB its g̃ took
+# 14.2 against 12.2 ms (AMD EPYC, 2 cores, medians of 9)
+_COMBINE_BYTES = 32 << 20
+
+
+def init_windows(states: list[dict], k: int, s: int, storage: str, device: torch.device) -> None:
+    """Empty windows (length-k columns, s slots) for every state, packed into arenas."""
+    dtype = HISTORY_DTYPES[storage]
+    one = s * k * torch.empty((), dtype=dtype).element_size()
+    per_arena = 1 if one > _PACK_WINDOW_BYTES else max(1, _ARENA_BYTES // max(one, 1))
+    for lo in range(0, len(states), per_arena):
+        members = states[lo : lo + per_arena]
+        P = len(members)
+        history = torch.zeros(P, s, k, dtype=dtype, device=device)
+        scale = torch.ones(P, s, dtype=torch.float32, device=device) if storage == "int8" else None
+        gram = torch.zeros(P, s, s, dtype=torch.float64, device=device)
+        for i, state in enumerate(members):
+            state["history"] = history[i]
+            if scale is not None:
+                state["history_scale"] = scale[i]
+            state["gram"] = gram[i]
+            state["history_count"] = 0
+            state["history_head"] = 0
+            state["damping_backoffs"] = torch.zeros((), dtype=torch.int64, device=device)  # a tensor: no sync
+
+
 def init_window(state: dict, k: int, s: int, storage: str, device: torch.device) -> None:
-    state["history"] = torch.zeros(s, k, dtype=HISTORY_DTYPES[storage], device=device)
-    if storage == "int8":
-        state["history_scale"] = torch.ones(s, dtype=torch.float32, device=device)
-    state["gram"] = torch.zeros(s, s, dtype=torch.float64, device=device)
-    state["history_count"] = 0
-    state["history_head"] = 0
-    state["damping_backoffs"] = torch.zeros((), dtype=torch.int64, device=device)  # a tensor: no sync
+    init_windows([state], k, s, storage, device)
+
+
+def repack(states: list[dict]) -> None:
+    """Put loaded windows (a checkpoint's tensors, each of its own) back into arenas, one arena at
+    a time, so a resumed run steps as fast as the one that saved them; the values are unchanged."""
+    groups: dict[tuple, list[dict]] = {}
+    for st in states:
+        h = st.get("history")
+        if h is not None and h.dim() == 2 and h.numel() * h.element_size() <= _PACK_WINDOW_BYTES:
+            groups.setdefault((tuple(h.shape), h.dtype, h.device), []).append(st)
+    for ((s, k), dtype, device), members in groups.items():
+        storage = next(name for name, d in HISTORY_DTYPES.items() if d == dtype)
+        per_arena = max(1, _ARENA_BYTES // max(s * k * members[0]["history"].element_size(), 1))
+        for lo in range(0, len(members), per_arena):
+            chunk = members[lo : lo + per_arena]
+            saved = [dict(st) for st in chunk]
+            init_windows(chunk, k, s, storage, device)
+            for st, sv in zip(chunk, saved):
+                for key in ("history", "history_scale", "gram", "damping_backoffs"):
+                    if key in sv:
+                        st[key].copy_(sv[key])
+                st["history_count"], st["history_head"] = sv["history_count"], sv["history_head"]
+            del saved
 
 
 def reset_window(state: dict) -> None:
@@ -150,6 +207,17 @@ def _gram_row_eager(state: dict, slot: int, n: int) -> torch.Tensor:
     return row
 
 
+def store(state: dict, g: torch.Tensor, shard=None) -> int:
+    """Write the flattened projected gradient g (length k) into the next slot; returns that slot.
+    The Gram matrix is not updated yet: `push` does both, `update_grams` the second for many."""
+    s = state["history"].shape[0]
+    slot = state["history_head"]
+    _store(state, slot, g, shard)
+    state["history_count"] = min(state["history_count"] + 1, s)
+    state["history_head"] = (slot + 1) % s
+    return slot
+
+
 def push(state: dict, g: torch.Tensor, compiled: bool | str = False, shard=None) -> None:
     """Append the flattened projected gradient g (length k) as the newest column.
 
@@ -157,12 +225,79 @@ def push(state: dict, g: torch.Tensor, compiled: bool | str = False, shard=None)
     "auto": as the optimizer step running now chose (choice.py), else compiled.
     shard: a sharded.Rows when g is one rank's chunk of the column (the window is then sharded
     the same way; the Gram row and an int8 scale are reduced over the ranks)."""
-    s = state["history"].shape[0]
-    slot = state["history_head"]
-    _store(state, slot, g, shard)
-    state["history_count"] = min(state["history_count"] + 1, s)
-    state["history_head"] = (slot + 1) % s
+    slot = store(state, g, shard)
     _gram_update(state, slot, state["history_count"], compiled, shard)
+
+
+def _arena_slot(t: torch.Tensor) -> tuple[torch.Tensor, int] | None:
+    """(arena, index) if t is slice `index` of an arena made by `init_windows`, else None."""
+    base = t._base
+    if base is None or base.dim() != t.dim() + 1 or tuple(base.shape[1:]) != tuple(t.shape):
+        return None
+    return base, (t.storage_offset() - base.storage_offset()) // max(t.numel(), 1)
+
+
+def _whole_arenas(states: list[dict], idx) -> tuple[list[tuple[torch.Tensor, list[int]]], list[int]]:
+    """Split the windows states[i], i in idx, into whole arenas (every window of the arena is in
+    idx, all with the same newest slot and fill: one batched pass serves them) and the rest
+    (windows of their own, or an arena only partly stepped: one pass each). An arena's members
+    are listed in arena order."""
+    found: dict[tuple, tuple[torch.Tensor, dict[int, int]]] = {}
+    rest = []
+    for i in idx:
+        st = states[i]
+        at = _arena_slot(st["history"])
+        if at is None:
+            rest.append(i)
+            continue
+        key = (id(at[0]), st["history_head"], st["history_count"])
+        found.setdefault(key, (at[0], {}))[1][at[1]] = i
+    whole = []
+    for base, members in found.values():
+        if len(members) == base.shape[0]:
+            whole.append((base, [members[j] for j in range(base.shape[0])]))
+        else:
+            rest.extend(members.values())
+    return whole, rest
+
+
+def _arena_of(states: list[dict], members: list[int], key: str) -> torch.Tensor | None:
+    """The arena whose slices are states[i][key] for i in members, in order (None: not one)."""
+    first = states[members[0]].get(key)
+    at = None if first is None else _arena_slot(first)
+    if at is None or at[0].shape[0] != len(members):
+        return None
+    base = at[0]
+    same = all(states[i][key]._base is base and _arena_slot(states[i][key])[1] == j for j, i in enumerate(members))
+    return base if same else None
+
+
+def update_grams(states: list[dict], compiled: list[bool | str], shards: list) -> None:
+    """The Gram row of each window's newest column (after `store`), as `push` would compute it:
+    one batched pass per whole arena where the compiled kernel is taken (choice.py), one pass per
+    window otherwise (and always for a sharded window: its reductions run in the same order on
+    every rank)."""
+    local = [i for i in range(len(states)) if shards[i] is None]
+    whole, rest = _whole_arenas(states, local)
+    rest += [i for i in range(len(states)) if shards[i] is not None]
+    for base, members in whole:
+        st0 = states[members[0]]
+        slot, n = (st0["history_head"] - 1) % base.shape[1], st0["history_count"]
+        gram = _arena_of(states, members, "gram")
+        scale = _arena_of(states, members, "history_scale") if "history_scale" in st0 else None
+        rows = None
+        if gram is not None and (scale is not None or "history_scale" not in st0) \
+                and choice.wants_compiled(base, compiled[members[0]]):
+            rows = kernels.gram_rows(base, scale, base[:, slot], None if scale is None else scale[:, slot])
+        if rows is None:
+            rest.extend(members)
+            continue
+        gram[:, slot, :n] = rows[:, :n]
+        gram[:, :n, slot] = rows[:, :n]
+    for i in sorted(rest):
+        st = states[i]
+        _gram_update(st, (st["history_head"] - 1) % st["history"].shape[0], st["history_count"],
+                     compiled[i], shards[i])
 
 
 def weights(states: list[dict], dampings: list[float], tally: dict | None = None) -> list[torch.Tensor]:
@@ -272,6 +407,37 @@ def combine(state: dict, w: torch.Tensor, compiled: bool | str = False,
     # the compiled kernel sums every slot (w = 0 for unfilled ones): one kernel per window shape
     return choice.run(buf, compiled, lambda: kernels.combine(buf, state.get("history_scale"), w64, dtype),
                       lambda: _combine_eager(state, w64, dtype))
+
+
+def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool | str],
+                dtypes: list[torch.dtype]):
+    """(i, g̃_i = G_i w_i as dtypes[i]) for every window, as `combine` gives them, in an order of
+    its choosing: whole arenas (`_whole_arenas`) in batched passes of at most _COMBINE_BYTES of
+    g̃ (and at least one window) where the compiled kernel is taken, every other window alone.
+    Each batch's g̃ are views of one buffer, made when the batch is reached: consume them before
+    asking for the next."""
+    whole, rest = _whole_arenas(states, range(len(states)))
+    for base, members in whole:
+        dtype = dtypes[members[0]]
+        st0 = states[members[0]]
+        scale = _arena_of(states, members, "history_scale") if "history_scale" in st0 else None
+        if (any(dtypes[i] != dtype for i in members) or ("history_scale" in st0 and scale is None)
+                or not choice.wants_compiled(base, compiled[members[0]])):
+            rest.extend(members)
+            continue
+        w = torch.stack([ws[i] for i in members]).to(torch.float64)  # P×s
+        per = max(1, _COMBINE_BYTES // max(base.shape[2] * torch.empty((), dtype=dtype).element_size(), 1))
+        for lo in range(0, len(members), per):
+            hi = min(len(members), lo + per)
+            out = kernels.combine_rows(base[lo:hi], None if scale is None else scale[lo:hi], w[lo:hi], dtype)
+            if out is None:  # compiling failed here: the eager pass for the rest
+                rest.extend(members[lo:])
+                break
+            for j, i in enumerate(members[lo:hi]):
+                yield i, out[j]
+            del out
+    for i in rest:
+        yield i, combine(states[i], ws[i], compiled[i], dtypes[i])
 
 
 def _combine_eager(state: dict, w64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -10,6 +10,7 @@ Groups without "rank" use the same rule on the full gradient (plain AdamW etc.).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from itertools import chain
 
@@ -166,22 +167,44 @@ class _NaturalGaLore(torch.optim.Optimizer):
             finite = sharded.agree(finite, live)  # shards: every rank skips the same updates
             # shape-only tensors (an estimate) hold no verdict to read: assume finite, as all_finite does
             verdicts = finite.tolist() if has_values(finite) else [True] * len(live)
-        waiting = []  # pushed into their windows, waiting for the batched solve
+        self._make_windows(live)
+        waiting = []  # stored into their windows, waiting for the Gram rows and the batched solve
         for (p, group), finite in zip(live, verdicts):
             pushed = self._begin(p, group, finite)
             if pushed is not None:
                 waiting.append((p, group, *pushed))
         if waiting:
+            states = [self.state[p] for p, *_ in waiting]
+            kernels = [_kernels(group) for _, group, *_ in waiting]
+            natural.update_grams(states, kernels, [sharded.context(p) for p, *_ in waiting])
             # one batched solve for every window of the step. Tried on a CPU, where each window
             # could instead be solved and combined right after its push while still in the cache:
             # the step was 26 ms slower (155 vs 129 ms, llama-60m, benchmarks/optimizer_step.py,
             # AMD EPYC 2 cores, 2026-12-02): 56 small solves cost more than the cache saved
-            ws = natural.weights([self.state[p] for p, *_ in waiting], [gr["damping"] for _, gr, *_ in waiting],
-                                 self._backoff_watch.tally)
-            for (p, group, side, shape, dtype), w in zip(waiting, ws):
-                g_tilde = natural.combine(self.state[p], w, _kernels(group), dtype).view(shape)
-                self._finish(p, group, g_tilde, side)
+            ws = natural.weights(states, [gr["damping"] for _, gr, *_ in waiting], self._backoff_watch.tally)
+            for i, g_tilde in natural.combine_all(states, ws, kernels, [w[4] for w in waiting]):
+                p, group, side, shape, _ = waiting[i]
+                self._finish(p, group, g_tilde.view(shape), side)
+                del g_tilde  # before the next batch of g̃ is made
             self._backoff_watch.check()  # CPU: a free read; GPU: no sync (backoff.py)
+
+    def _make_windows(self, live) -> None:
+        """Windows for the parameters about to store their first column, made together so that
+        windows of one shape share an arena (natural.init_windows: one pass over all of them).
+        A sharded parameter's window is made at its first push, on its own (its passes run one
+        window at a time, in the same order on every rank)."""
+        new: dict[tuple, list[dict]] = {}
+        for p, group in live:
+            state = self.state[p]
+            if ("history" in state or group.get("rank") is None or p.dim() < 2
+                    or group["history_size"] == 0 or sharded.context(p) is not None):
+                continue
+            shape = tuple(p.shape)
+            side = resolve_side(shape, group["proj_type"])
+            k = math.prod(projected_shape(shape, clamp_rank(shape, group["rank"], side), side))
+            new.setdefault((k, group["history_size"], group["history_dtype"], p.device), []).append(state)
+        for (k, s, storage, device), states in new.items():
+            natural.init_windows(states, k, s, storage, device)
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
     # free and the extra pass over every gradient is not: ~7 % of a GaLore step measured on 2 cores)
@@ -197,8 +220,8 @@ class _NaturalGaLore(torch.optim.Optimizer):
         return live[0][0].grad.is_cuda and len(live) > 1
 
     def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> tuple | None:
-        """Project ∇ and, with a window, push g_t and return (side, shape, dtype): its update waits
-        for the step's batched solve, and g_t itself is not kept (the window holds it), so the
+        """Project ∇ and, with a window, store g_t and return (side, shape, dtype): its Gram row
+        and its update wait for the step's batched passes and solve, and g_t itself is not kept (the window holds it), so the
         peak never holds a projected gradient beside its g̃. Without a window, update p right away
         and return None.
 
@@ -225,7 +248,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if low_rank and group["history_size"] > 0:
             if "history" not in state:
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
-            natural.push(state, g.reshape(-1), _kernels(group), sharded.context(p))
+            natural.store(state, g.reshape(-1), sharded.context(p))
             return side, g.shape, g.dtype
         self._finish(p, group, g, side)
         return None
@@ -297,6 +320,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
             for key, value in state_dict["state"].get(pid, {}).items():
                 if torch.is_tensor(value):
                     self.state[p][key] = value.to(device=p.device, copy=True)
+        natural.repack(list(self.state.values()))  # the loaded windows back into arenas (natural.py)
 
 
 class NaturalGaLoreAdamW(_NaturalGaLore):

@@ -173,13 +173,13 @@ def test_projected_gradient_is_freed_before_its_update(monkeypatch):
     from ngl_profile.optim import natural as nat
 
     refs = []
-    push = nat.push
+    store = nat.store
 
-    def spy_push(state, g, *a, **k):
+    def spy_store(state, g, *a, **k):
         refs.append(weakref.ref(g._base if g._base is not None else g))
-        return push(state, g, *a, **k)
+        return store(state, g, *a, **k)
 
-    monkeypatch.setattr(nat, "push", spy_push)
+    monkeypatch.setattr(nat, "store", spy_store)
     alive_at_finish = []
     finish = NaturalGaLoreAdamW._finish
 

@@ -1,0 +1,110 @@
+"""Windows packed into arenas (natural.init_windows): one batched pass per arena, the same results
+as one pass per window, a bounded g̃ buffer, and arenas rebuilt after a checkpoint load."""
+import io
+
+import pytest
+import torch
+
+from ngl_profile.optim import NaturalGaLoreAdamW, kernels, natural
+
+# (40, 24) projects on the right (40×6), (24, 40) on the left (6×40): both k = 240, one arena;
+# (30, 20) gives k = 120, an arena of its own
+SHAPES = [(40, 24), (40, 24), (24, 40), (40, 24), (30, 20)]
+
+
+def params(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(s, generator=gen)) for s in SHAPES]
+
+
+def build(ps, storage="float32"):
+    return NaturalGaLoreAdamW([{"params": ps, "rank": 6, "history_size": 4, "history_dtype": storage}],
+                              lr=1e-2, weight_decay=0.01)
+
+
+def run(steps, storage, packed, monkeypatch, skip=None, seed=3):
+    """Weights after `steps` steps (gradients from one seeded generator); skip: the index of a
+    parameter left without a gradient on odd steps (its arena is then stepped in part)."""
+    monkeypatch.setattr(natural, "_PACK_WINDOW_BYTES", natural._PACK_WINDOW_BYTES if packed else -1)
+    ps = params()
+    opt = build(ps, storage)
+    gen = torch.Generator().manual_seed(seed)
+    for t in range(steps):
+        for i, p in enumerate(ps):
+            g = torch.randn(p.shape, generator=gen)
+            p.grad = None if (skip == i and t % 2) else g
+        opt.step()
+    return ps, opt
+
+
+def storages(opt, key="history"):
+    return {opt.state[p][key].untyped_storage().data_ptr() for p in opt.state}
+
+
+@pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("skip", [None, 1])
+def test_arena_passes_equal_one_pass_per_window(storage, skip, monkeypatch):
+    monkeypatch.setenv("NGL_PROFILE_KERNELS", "compiled")
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)  # the compiled kernels on these small windows
+    packed, p_opt = run(7, storage, True, monkeypatch, skip)
+    alone, a_opt = run(7, storage, False, monkeypatch, skip)
+    assert len(storages(p_opt)) == 2 and len(storages(a_opt)) == len(SHAPES)
+    assert len(storages(p_opt, "gram")) == 2
+    for x, y in zip(packed, alone):
+        # the float64 sums of the batched and the one-window kernel differ only in their order
+        torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-5, atol=1e-7)
+    for p, q in zip(packed, alone):
+        torch.testing.assert_close(p_opt.state[p]["gram"], a_opt.state[q]["gram"], rtol=1e-12, atol=1e-12)
+
+
+def test_combine_all_holds_at_most_its_bound_of_g_tilde(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+    ps = params()[:4]  # the k = 240 arena
+    opt = build(ps)
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        for p in ps:
+            p.grad = torch.randn(p.shape, generator=gen)
+        opt.step()
+    states = [opt.state[p] for p in ps]
+    ws = natural.weights(states, [1e-3] * 4)
+    monkeypatch.setattr(natural, "_COMBINE_BYTES", 2 * 240 * 4)  # two windows' g̃ per batch
+    seen = {}
+    for i, g in natural.combine_all(states, ws, [True] * 4, [torch.float32] * 4):
+        seen[i] = g.untyped_storage()
+        torch.testing.assert_close(g, natural.combine(states[i], ws[i], False), rtol=1e-6, atol=1e-9)
+    assert sorted(seen) == [0, 1, 2, 3]
+    buffers = {s.data_ptr(): s.nbytes() for s in seen.values()}
+    assert len(buffers) == 2 and all(n == 2 * 240 * 4 for n in buffers.values())
+
+
+def test_a_checkpoint_load_repacks_the_windows_and_resumes_bit_exact(monkeypatch):
+    monkeypatch.setenv("NGL_PROFILE_KERNELS", "compiled")
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+    gen = torch.Generator().manual_seed(7)
+    grads = [[torch.randn(s, generator=gen) for s in SHAPES] for _ in range(8)]
+
+    def steps(ps, opt, gs):
+        for g_t in gs:
+            for p, g in zip(ps, g_t):
+                p.grad = g.clone()
+            opt.step()
+
+    ps = params()
+    opt = build(ps, "int8")
+    steps(ps, opt, grads)
+    ps2 = params()
+    opt2 = build(ps2, "int8")
+    steps(ps2, opt2, grads[:5])
+    buf = io.BytesIO()
+    torch.save({"model": [p.detach().clone() for p in ps2], "opt": opt2.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    ps3 = [torch.nn.Parameter(w) for w in saved["model"]]
+    opt3 = build(ps3, "int8")
+    opt3.load_state_dict(saved["opt"])
+    for key in ("history", "history_scale", "gram"):
+        assert len(storages(opt3, key)) == 2, key  # back in two arenas, not one tensor per window
+    steps(ps3, opt3, grads[5:])
+    for x, y in zip(ps, ps3):
+        assert torch.equal(x.detach(), y.detach())
