@@ -12,8 +12,9 @@ steady state (update_proj_gap is larger than the run) and timed separately.
 Beside each time: its floor, the bytes the step must move at least (`step_bytes`) over the read
 bandwidth measured in this process (best of a plain x.sum() over 256 MB), and their ratio. The
 GaLore rows are bound by their two matmuls, not by bytes (so their ratio is well above 1); the
-window rows below the table isolate what the window costs: (s = 10 step) − (s = 0 step) against
-two reads of the window. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
+window rows below the table isolate what the window costs: (s = 10 step) − (s = 0 step) in the
+same round, against two reads of the window at the read rate measured at the start of that round
+(a noisy machine's drift cancels in the pair); medians and interquartile ranges over the rounds. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
 them once per choice (compiled, eager, auto) side by side, so a run shows which the chooser
 (ngl_profile/optim/choice.py: each optimizer times its own steps, before the timed rounds) picked
 and whether it was the faster.
@@ -103,11 +104,13 @@ def compile_kernels(device) -> None:
         natural.combine(state, torch.ones(4, dtype=torch.float64, device=device), compiled=True)
 
 
-def read_bandwidth(device) -> float:
-    """Bytes per second a plain x.sum() reads from a 256 MB buffer (best of 5): the floor's rate."""
-    x = torch.ones(64 << 20, device=device)
+def read_bandwidth(device, x: torch.Tensor | None = None, reads: int = 5) -> float:
+    """Bytes per second a plain x.sum() reads from a 256 MB buffer (best of `reads`): the floor's rate."""
+    if x is None:
+        x = torch.ones(64 << 20, device=device)
+        x.sum()  # faults the pages in
     best = float("inf")
-    for _ in range(6):  # the first one faults the pages in
+    for _ in range(reads):
         sync(device)
         t0 = time.perf_counter()
         x.sum()
@@ -181,7 +184,10 @@ def main() -> None:
         for _ in range(10 + 2 * (choice.TRIALS + 1)):  # fills the s = 10 windows, then the chooser's trial steps
             opt.step()
         runs[name] = {"opt": opt, "first": first, "times": [], "mode": mode}
+    probe = torch.ones(64 << 20, device=device)
+    round_bandwidth = []  # the read rate in each round: the window part's floor is taken per round
     for _ in range(args.rounds):
+        round_bandwidth.append(read_bandwidth(device, probe, reads=2))
         for name, run in runs.items():
             os.environ[choice.ENV] = run["mode"]
             sync(device)
@@ -204,12 +210,21 @@ def main() -> None:
         print(f"{name:<32}{t * 1e3:>9.2f}{floor * 1e3:>10.2f}{t / floor:>9.2f}{vs_gt:>16}{t / med['adamw']:>9.3f}"
               f"{runs[name]['first']:>14.3f}")
     print("first step: every SVD and the state allocation (the compiled kernels were compiled before)")
-    print(f"\n{'window part (row − galore s=0)':<32}{'ms/step':>9}{'floor ms':>10}{'× floor':>9}")
-    for name, t in med.items():
+    print(f"\n{'window part (row − galore s=0)':<32}{'ms/step':>9}{'floor ms':>10}{'× floor':>9}"
+          f"{'IQR × floor':>15}")
+    base = runs["galore (ours, s=0)"]["times"]
+    for name, run in runs.items():
         if name.startswith(("natural-galore (s=10)", "n-g")):
-            part, floor = t - med["galore (ours, s=0)"], window_bytes(name, shapes, args.rank) / bandwidth
-            print(f"{name:<32}{part * 1e3:>9.2f}{floor * 1e3:>10.2f}{part / floor:>9.2f}")
-    print("window floor: two reads of the window (Gram row, then g̃ = G·w) at the measured bandwidth")
+            nbytes = window_bytes(name, shapes, args.rank)
+            parts = [t - t0 for t, t0 in zip(run["times"], base)]  # the same round: seconds apart
+            ratios = sorted(part * bw / nbytes for part, bw in zip(parts, round_bandwidth))
+            q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
+            floor = nbytes / statistics.median(round_bandwidth)
+            print(f"{name:<32}{statistics.median(parts) * 1e3:>9.2f}{floor * 1e3:>10.2f}"
+                  f"{statistics.median(ratios):>9.2f}{f'{q1:.2f}–{q3:.2f}':>15}")
+    print("window part: per round, the row's step minus galore s=0's step in the same round; its floor: two "
+          "reads of the window (Gram row, then g̃ = G·w) at the read rate measured at the start of that round "
+          f"(median {statistics.median(round_bandwidth) / 1e9:.1f} GB/s); medians over the rounds")
     picked = {n: r["opt"].kernel_choice for n, r in runs.items()
               if r["mode"] == "auto" and hasattr(r["opt"], "kernel_choice")}
     if picked:

@@ -265,10 +265,12 @@ def _arena_of(states: list[dict], members: list[int], key: str) -> torch.Tensor 
     """The arena whose slices are states[i][key] for i in members, in order (None: not one)."""
     first = states[members[0]].get(key)
     at = None if first is None else _arena_slot(first)
-    if at is None or at[0].shape[0] != len(members):
+    if at is None or at[1] != 0 or at[0].shape[0] != len(members):
         return None
     base = at[0]
-    same = all(states[i][key]._base is base and _arena_slot(states[i][key])[1] == j for j, i in enumerate(members))
+    off, per = base.storage_offset(), base.stride(0)
+    same = all(states[i][key]._base is base and states[i][key].storage_offset() == off + j * per
+               for j, i in enumerate(members))
     return base if same else None
 
 

@@ -134,7 +134,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
         # DTensor (FSDP2) parameters are stepped as their local rows; sharded.py says what that
         # communicates. Plain parameters pass through unchanged.
         with sharded.local_views(self.state, live) as local:
-            with self._chooser.step(self._timeable(local), local[0][0].device if local else torch.device("cpu")):
+            chooser = self._chooser
+            timeable = chooser.choice is None and self._timeable(local)  # once chosen, never asked again
+            with chooser.step(timeable, local[0][0].device if local else torch.device("cpu")):
                 self._step_live(local)
         return loss
 
