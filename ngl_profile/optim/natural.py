@@ -237,65 +237,95 @@ def _arena_slot(t: torch.Tensor) -> tuple[torch.Tensor, int] | None:
     return base, (t.storage_offset() - base.storage_offset()) // max(t.numel(), 1)
 
 
-def _whole_arenas(states: list[dict], idx) -> tuple[list[tuple[torch.Tensor, list[int]]], list[int]]:
-    """Split the windows states[i], i in idx, into whole arenas (every window of the arena is in
-    idx, all with the same newest slot and fill: one batched pass serves them) and the rest
-    (windows of their own, or an arena only partly stepped: one pass each). An arena's members
-    are listed in arena order."""
-    found: dict[tuple, tuple[torch.Tensor, dict[int, int]]] = {}
+def _arenas(states: list[dict], idx) -> tuple[list[tuple[torch.Tensor, dict[int, int]]], list[int]]:
+    """Split the windows states[i], i in idx, into arenas ({arena index: i}) that hold at least
+    half of their windows in idx (a batched pass over the whole arena serves them; the results
+    for the others are dropped), and the rest (windows of their own, or of an arena stepped
+    mostly elsewhere: one pass each)."""
+    found: dict[int, tuple[torch.Tensor, dict[int, int]]] = {}
     rest = []
     for i in idx:
-        st = states[i]
-        at = _arena_slot(st["history"])
+        at = _arena_slot(states[i]["history"])
         if at is None:
             rest.append(i)
             continue
-        key = (id(at[0]), st["history_head"], st["history_count"])
-        found.setdefault(key, (at[0], {}))[1][at[1]] = i
-    whole = []
+        found.setdefault(id(at[0]), (at[0], {}))[1][at[1]] = i
+    out = []
     for base, members in found.values():
-        if len(members) == base.shape[0]:
-            whole.append((base, [members[j] for j in range(base.shape[0])]))
+        if 2 * len(members) >= base.shape[0]:
+            out.append((base, members))
         else:
             rest.extend(members.values())
-    return whole, rest
+    return out, rest
 
 
-def _arena_of(states: list[dict], members: list[int], key: str) -> torch.Tensor | None:
-    """The arena whose slices are states[i][key] for i in members, in order (None: not one)."""
-    first = states[members[0]].get(key)
-    at = None if first is None else _arena_slot(first)
-    if at is None or at[1] != 0 or at[0].shape[0] != len(members):
+def _sibling(states: list[dict], members: dict[int, int], key: str, P: int) -> torch.Tensor | None:
+    """The P-slice arena whose slice j is states[i][key] for every member j → i (None: not one)."""
+    t = states[next(iter(members.values()))].get(key)
+    at = None if t is None else _arena_slot(t)
+    if at is None or at[0].shape[0] != P:
         return None
     base = at[0]
     off, per = base.storage_offset(), base.stride(0)
     same = all(states[i][key]._base is base and states[i][key].storage_offset() == off + j * per
-               for j, i in enumerate(members))
+               for j, i in members.items())
     return base if same else None
+
+
+def _batchable(states: list[dict], base: torch.Tensor, members: dict[int, int], compiled: list,
+               extra: list | None = None) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
+    """(whether the arena's pass runs batched, its Gram arena, its scale arena): one compile
+    request (and one `extra` value, g̃'s dtype) for all members, sibling arenas in the same order,
+    and the compiled kernel taken (choice.py)."""
+    P = base.shape[0]
+    first = next(iter(members.values()))
+    int8 = "history_scale" in states[first]
+    gram = _sibling(states, members, "gram", P)
+    scale = _sibling(states, members, "history_scale", P) if int8 else None
+    same = len({compiled[i] for i in members.values()}) == 1 and (
+        extra is None or len({extra[i] for i in members.values()}) == 1)
+    ok = (same and gram is not None and (scale is not None or not int8)
+          and choice.wants_compiled(base, compiled[first]))
+    return ok, gram, scale
 
 
 def update_grams(states: list[dict], compiled: list[bool | str], shards: list) -> None:
     """The Gram row of each window's newest column (after `store`), as `push` would compute it:
-    one batched pass per whole arena where the compiled kernel is taken (choice.py), one pass per
-    window otherwise (and always for a sharded window: its reductions run in the same order on
+    one batched pass per arena (`_arenas`) where the compiled kernel is taken (choice.py), one pass
+    per window otherwise (and always for a sharded window: its reductions run in the same order on
     every rank)."""
     local = [i for i in range(len(states)) if shards[i] is None]
-    whole, rest = _whole_arenas(states, local)
+    arenas, rest = _arenas(states, local)
     rest += [i for i in range(len(states)) if shards[i] is not None]
-    for base, members in whole:
-        st0 = states[members[0]]
-        slot, n = (st0["history_head"] - 1) % base.shape[1], st0["history_count"]
-        gram = _arena_of(states, members, "gram")
-        scale = _arena_of(states, members, "history_scale") if "history_scale" in st0 else None
-        rows = None
-        if gram is not None and (scale is not None or "history_scale" not in st0) \
-                and choice.wants_compiled(base, compiled[members[0]]):
-            rows = kernels.gram_rows(base, scale, base[:, slot], None if scale is None else scale[:, slot])
-        if rows is None:
-            rest.extend(members)
+    for base, members in arenas:
+        ok, gram, scale = _batchable(states, base, members, compiled)
+        if not ok:
+            rest.extend(members.values())
             continue
-        gram[:, slot, :n] = rows[:, :n]
-        gram[:, :n, slot] = rows[:, :n]
+        P, s = base.shape[:2]
+        slots = {j: (states[i]["history_head"] - 1) % s for j, i in members.items()}
+        counts = {j: states[i]["history_count"] for j, i in members.items()}
+        if len(set(slots.values())) == 1:  # the usual step: every window's newest column in one slot
+            slot = slots[next(iter(slots))]
+            g, g_scale = base[:, slot], None if scale is None else scale[:, slot]
+        else:  # after a skipped update: each window's own slot, gathered (one P×k copy)
+            at = [slots.get(j, 0) for j in range(P)]  # a window not stepped: any row, result dropped
+            g = torch.stack([base[j, at[j]] for j in range(P)])
+            g_scale = None if scale is None else torch.stack([scale[j, at[j]] for j in range(P)])
+        rows = kernels.gram_rows(base, scale, g, g_scale)
+        del g
+        if rows is None:
+            rest.extend(members.values())
+            continue
+        if len(members) == P and len(set(slots.values())) == 1 and len(set(counts.values())) == 1:
+            slot, n = slots[0], counts[0]
+            gram[:, slot, :n] = rows[:, :n]
+            gram[:, :n, slot] = rows[:, :n]
+            continue
+        for j in members:
+            slot, n = slots[j], counts[j]
+            gram[j, slot, :n] = rows[j, :n]
+            gram[j, :n, slot] = rows[j, :n]
     for i in sorted(rest):
         st = states[i]
         _gram_update(st, (st["history_head"] - 1) % st["history"].shape[0], st["history_count"],
@@ -414,29 +444,32 @@ def combine(state: dict, w: torch.Tensor, compiled: bool | str = False,
 def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool | str],
                 dtypes: list[torch.dtype]):
     """(i, g̃_i = G_i w_i as dtypes[i]) for every window, as `combine` gives them, in an order of
-    its choosing: whole arenas (`_whole_arenas`) in batched passes of at most _COMBINE_BYTES of
-    g̃ (and at least one window) where the compiled kernel is taken, every other window alone.
-    Each batch's g̃ are views of one buffer, made when the batch is reached: consume them before
-    asking for the next."""
-    whole, rest = _whole_arenas(states, range(len(states)))
-    for base, members in whole:
-        dtype = dtypes[members[0]]
-        st0 = states[members[0]]
-        scale = _arena_of(states, members, "history_scale") if "history_scale" in st0 else None
-        if (any(dtypes[i] != dtype for i in members) or ("history_scale" in st0 and scale is None)
-                or not choice.wants_compiled(base, compiled[members[0]])):
-            rest.extend(members)
+    its choosing: arenas (`_arenas`) in batched passes of at most _COMBINE_BYTES of g̃ (and at
+    least one window) where the compiled kernel is taken, every other window alone. Each batch's
+    g̃ are views of one buffer, made when the batch is reached: consume them before asking for
+    the next."""
+    arenas, rest = _arenas(states, range(len(states)))
+    for base, members in arenas:
+        ok, _, scale = _batchable(states, base, members, compiled, dtypes)
+        if not ok:
+            rest.extend(members.values())
             continue
-        w = torch.stack([ws[i] for i in members]).to(torch.float64)  # P×s
+        P = base.shape[0]
+        dtype = dtypes[next(iter(members.values()))]
+        none = torch.zeros(base.shape[1], dtype=torch.float64, device=base.device) if len(members) < P else None
+        w = torch.stack([ws[members[j]].to(torch.float64) if j in members else none for j in range(P)])  # P×s
         per = max(1, _COMBINE_BYTES // max(base.shape[2] * torch.empty((), dtype=dtype).element_size(), 1))
-        for lo in range(0, len(members), per):
-            hi = min(len(members), lo + per)
+        for lo in range(0, P, per):
+            hi = min(P, lo + per)
+            inside = [j for j in range(lo, hi) if j in members]
+            if not inside:
+                continue
             out = kernels.combine_rows(base[lo:hi], None if scale is None else scale[lo:hi], w[lo:hi], dtype)
             if out is None:  # compiling failed here: the eager pass for the rest
-                rest.extend(members[lo:])
+                rest.extend(members[j] for j in range(lo, P) if j in members)
                 break
-            for j, i in enumerate(members[lo:hi]):
-                yield i, out[j]
+            for j in inside:
+                yield members[j], out[j - lo]
             del out
     for i in rest:
         yield i, combine(states[i], ws[i], compiled[i], dtypes[i])

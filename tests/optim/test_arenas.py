@@ -23,8 +23,9 @@ def build(ps, storage="float32"):
 
 
 def run(steps, storage, packed, monkeypatch, skip=None, seed=3):
-    """Weights after `steps` steps (gradients from one seeded generator); skip: the index of a
-    parameter left without a gradient on odd steps (its arena is then stepped in part)."""
+    """Weights after `steps` steps (gradients from one seeded generator). skip: "none" (parameter 1
+    has no gradient on odd steps) or "nan" (its gradient is NaN on step 2, an update skipped): its
+    window then falls behind the others of its arena, whose newest slots differ from there on."""
     monkeypatch.setattr(natural, "_PACK_WINDOW_BYTES", natural._PACK_WINDOW_BYTES if packed else -1)
     ps = params()
     opt = build(ps, storage)
@@ -32,7 +33,11 @@ def run(steps, storage, packed, monkeypatch, skip=None, seed=3):
     for t in range(steps):
         for i, p in enumerate(ps):
             g = torch.randn(p.shape, generator=gen)
-            p.grad = None if (skip == i and t % 2) else g
+            if i == 1 and skip == "none" and t % 2:
+                g = None
+            elif i == 1 and skip == "nan" and t == 2:
+                g = torch.full(p.shape, float("nan"))
+            p.grad = g
         opt.step()
     return ps, opt
 
@@ -42,7 +47,7 @@ def storages(opt, key="history"):
 
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
-@pytest.mark.parametrize("skip", [None, 1])
+@pytest.mark.parametrize("skip", [None, "none", "nan"])
 def test_arena_passes_equal_one_pass_per_window(storage, skip, monkeypatch):
     monkeypatch.setenv("NGL_PROFILE_KERNELS", "compiled")
     monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)  # the compiled kernels on these small windows
@@ -50,6 +55,9 @@ def test_arena_passes_equal_one_pass_per_window(storage, skip, monkeypatch):
     alone, a_opt = run(7, storage, False, monkeypatch, skip)
     assert len(storages(p_opt)) == 2 and len(storages(a_opt)) == len(SHAPES)
     assert len(storages(p_opt, "gram")) == 2
+    if skip is not None:  # the arena's windows really are out of step: the gathered-slot path ran
+        heads = {p_opt.state[p]["history_head"] for p in packed[:4]}
+        assert len(heads) == 2
     for x, y in zip(packed, alone):
         # the float64 sums of the batched and the one-window kernel differ only in their order
         torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-5, atol=1e-7)
