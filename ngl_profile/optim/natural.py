@@ -25,7 +25,7 @@ slices of one arena (`init_windows`). A step is `store` (g_t into its slot) for 
 machine (choice.py times both). `push` and `combine` are the same passes for one window.
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
-category is declared in STATE_CATEGORIES, next to `init_window`, which creates them):
+category is declared in STATE_CATEGORIES, next to `init_windows`, which creates them):
   history        s×k ring buffer in the storage dtype (float32, bfloat16 or int8)
   history_scale  s per-column scales, int8 storage only (absmax / 127)
   gram           s×s float64 Gram matrix of the stored (dequantized) columns, slot order
@@ -85,7 +85,8 @@ STATE_CATEGORIES = {"history": "history", "history_scale": "history", "gram": "h
 # passes over llama-60m's 56 windows ~1.5× a plain read of them, against ~1.05× over arenas
 # (benchmarks/window_passes.py). Windows larger than _PACK_WINDOW_BYTES stay alone (one call is
 # then a long read), and an arena holds at most _ARENA_BYTES, the transient of re-packing one
-# after a checkpoint load (`repack`).
+# after a checkpoint load (`repack`); the cap counts the history, not the (s/k smaller) Gram and
+# scale arenas beside it.
 _PACK_WINDOW_BYTES = 64 << 20
 _ARENA_BYTES = 256 << 20
 # g̃ of an arena's windows is made for at most this many bytes of them at a time (and at least one
@@ -121,16 +122,20 @@ def init_window(state: dict, k: int, s: int, storage: str, device: torch.device)
 
 
 def repack(states: list[dict]) -> None:
-    """Put loaded windows (a checkpoint's tensors, each of its own) back into arenas, one arena at
-    a time, so a resumed run steps as fast as the one that saved them; the values are unchanged."""
+    """Put loaded windows (a checkpoint's tensors, each of its own) back into arenas as
+    `init_windows` makes them (a window over _PACK_WINDOW_BYTES: an arena of one), one arena at a
+    time, so a resumed run takes the kernels of the run that saved them; the values are unchanged.
+    Bit-exact resumes need the same arenas as before: windows grouped by shape in state order, as
+    a first step groups them when every parameter has a gradient."""
     groups: dict[tuple, list[dict]] = {}
     for st in states:
         h = st.get("history")
-        if h is not None and h.dim() == 2 and h.numel() * h.element_size() <= _PACK_WINDOW_BYTES:
+        if h is not None and h.dim() == 2:
             groups.setdefault((tuple(h.shape), h.dtype, h.device), []).append(st)
     for ((s, k), dtype, device), members in groups.items():
         storage = next(name for name, d in HISTORY_DTYPES.items() if d == dtype)
-        per_arena = max(1, _ARENA_BYTES // max(s * k * members[0]["history"].element_size(), 1))
+        one = s * k * members[0]["history"].element_size()
+        per_arena = 1 if one > _PACK_WINDOW_BYTES else max(1, _ARENA_BYTES // max(one, 1))
         for lo in range(0, len(members), per_arena):
             chunk = members[lo : lo + per_arena]
             saved = [dict(st) for st in chunk]
@@ -442,13 +447,15 @@ def combine(state: dict, w: torch.Tensor, compiled: bool | str = False,
 
 
 def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool | str],
-                dtypes: list[torch.dtype]):
+                dtypes: list[torch.dtype], shards: list | None = None):
     """(i, g̃_i = G_i w_i as dtypes[i]) for every window, as `combine` gives them, in an order of
     its choosing: arenas (`_arenas`) in batched passes of at most _COMBINE_BYTES of g̃ (and at
-    least one window) where the compiled kernel is taken, every other window alone. Each batch's
-    g̃ are views of one buffer, made when the batch is reached: consume them before asking for
-    the next."""
-    arenas, rest = _arenas(states, range(len(states)))
+    least one window) where the compiled kernel is taken, every other window alone, sharded
+    windows (shards[i] not None) last and in index order: what the caller does with each g̃ may
+    communicate, so every rank must reach them in the same order. Each batch's g̃ are views of
+    one buffer, made when the batch is reached: consume them before asking for the next."""
+    shards = shards or [None] * len(states)
+    arenas, rest = _arenas(states, [i for i in range(len(states)) if shards[i] is None])
     for base, members in arenas:
         ok, _, scale = _batchable(states, base, members, compiled, dtypes)
         if not ok:
@@ -465,13 +472,13 @@ def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool 
             if not inside:
                 continue
             out = kernels.combine_rows(base[lo:hi], None if scale is None else scale[lo:hi], w[lo:hi], dtype)
-            if out is None:  # compiling failed here: the eager pass for the rest
+            if out is None:  # not compilable here, or this batch below kernels.MIN_ELEMENTS: eager
                 rest.extend(members[j] for j in range(lo, P) if j in members)
                 break
             for j in inside:
                 yield members[j], out[j - lo]
             del out
-    for i in rest:
+    for i in rest + [i for i in range(len(states)) if shards[i] is not None]:
         yield i, combine(states[i], ws[i], compiled[i], dtypes[i])
 
 

@@ -77,6 +77,19 @@ def _kernels(group: dict) -> bool | str:
     return "auto" if group["compile"] else False
 
 
+def _projected_numel(p: torch.Tensor, group: dict) -> int:
+    """The length of p's flattened projected gradient: each basis factor has at most as many
+    columns as the SVD it comes from (min(rank, m, n) one-sided; per Tucker mode min(rank, d, numel/d))."""
+    shape = tuple(p.shape)
+    side = resolve_side(shape, group["proj_type"])
+    ranks = clamp_rank(shape, group["rank"], side)
+    if side in ("left", "right"):
+        ranks = (min(ranks[0], *shape),)
+    else:
+        ranks = tuple(min(r, d, math.prod(shape) // d) for r, d in zip(ranks, shape))
+    return math.prod(projected_shape(shape, ranks, side))
+
+
 class _NaturalGaLore(torch.optim.Optimizer):
     rule = AdamRule()
     # key → memory category for every state key this optimizer can create ("prefix*": every key
@@ -178,13 +191,14 @@ class _NaturalGaLore(torch.optim.Optimizer):
         if waiting:
             states = [self.state[p] for p, *_ in waiting]
             kernels = [_kernels(group) for _, group, *_ in waiting]
-            natural.update_grams(states, kernels, [sharded.context(p) for p, *_ in waiting])
+            shards = [sharded.context(p) for p, *_ in waiting]
+            natural.update_grams(states, kernels, shards)
             # one batched solve for every window of the step. Tried on a CPU, where each window
             # could instead be solved and combined right after its push while still in the cache:
             # the step was 26 ms slower (155 vs 129 ms, llama-60m, benchmarks/optimizer_step.py,
             # AMD EPYC 2 cores, 2026-12-02): 56 small solves cost more than the cache saved
             ws = natural.weights(states, [gr["damping"] for _, gr, *_ in waiting], self._backoff_watch.tally)
-            for i, g_tilde in natural.combine_all(states, ws, kernels, [w[4] for w in waiting]):
+            for i, g_tilde in natural.combine_all(states, ws, kernels, [w[4] for w in waiting], shards):
                 p, group, side, shape, _ = waiting[i]
                 self._finish(p, group, g_tilde.view(shape), side)
                 del g_tilde  # before the next batch of g̃ is made
@@ -193,19 +207,21 @@ class _NaturalGaLore(torch.optim.Optimizer):
     def _make_windows(self, live) -> None:
         """Windows for the parameters about to store their first column, made together so that
         windows of one shape share an arena (natural.init_windows: one pass over all of them).
-        A sharded parameter's window is made at its first push, on its own (its passes run one
-        window at a time, in the same order on every rank)."""
+        A sharded parameter's window is made at its first push, from its local rows; its passes
+        run one window at a time, in the same order on every rank (natural.update_grams,
+        natural.combine_all)."""
         new: dict[tuple, list[dict]] = {}
         for p, group in live:
             state = self.state[p]
             if ("history" in state or group.get("rank") is None or p.dim() < 2
                     or group["history_size"] == 0 or sharded.context(p) is not None):
                 continue
-            shape = tuple(p.shape)
-            side = resolve_side(shape, group["proj_type"])
-            k = math.prod(projected_shape(shape, clamp_rank(shape, group["rank"], side), side))
-            new.setdefault((k, group["history_size"], group["history_dtype"], p.device), []).append(state)
-        for (k, s, storage, device), states in new.items():
+            # compile flag and dtype in the key: an arena whose windows want different kernels
+            # or g̃ dtypes could never be stepped as one
+            key = (_projected_numel(p, group), group["history_size"], group["history_dtype"], p.device,
+                   group["compile"], p.dtype)
+            new.setdefault(key, []).append(state)
+        for (k, s, storage, device, *_), states in new.items():
             natural.init_windows(states, k, s, storage, device)
 
     # None: decide by device (CUDA → one check per step; CPU → per parameter, where a host read is
@@ -248,7 +264,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
             state["nonfinite_skips"] += 1
             return None
         if low_rank and group["history_size"] > 0:
-            if "history" not in state:
+            if "history" not in state or state["history"].shape[1] != g.numel():  # a safety net: _make_windows sizes it
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
             natural.store(state, g.reshape(-1), sharded.context(p))
             return side, g.shape, g.dtype

@@ -1,11 +1,12 @@
 """Windows packed into arenas (natural.init_windows): one batched pass per arena, the same results
 as one pass per window, a bounded g̃ buffer, and arenas rebuilt after a checkpoint load."""
 import io
+import warnings
 
 import pytest
 import torch
 
-from ngl_profile.optim import NaturalGaLoreAdamW, kernels, natural
+from ngl_profile.optim import NaturalGaLoreAdamW, kernels, natural, projector
 
 # (40, 24) projects on the right (40×6), (24, 40) on the left (6×40): both k = 240, one arena;
 # (30, 20) gives k = 120, an arena of its own
@@ -116,3 +117,25 @@ def test_a_checkpoint_load_repacks_the_windows_and_resumes_bit_exact(monkeypatch
     steps(ps3, opt3, grads[5:])
     for x, y in zip(ps, ps3):
         assert torch.equal(x.detach(), y.detach())
+
+
+@pytest.mark.parametrize("shape,proj_type,rank", [((40, 8), "left", 12), ((8, 40), "right", 12),
+                                                  ((6, 8, 10), "tucker", 9)])
+def test_windows_are_sized_before_the_first_projection(shape, proj_type, rank):
+    """A rank above what the SVD gives (here min(m, n), or per Tucker mode min(d, numel/d)) must
+    not size the arena's windows wrong: two such parameters share one arena, each window as
+    long as its projected gradient."""
+    gen = torch.Generator().manual_seed(11)
+    ps = [torch.nn.Parameter(torch.randn(shape, generator=gen)) for _ in range(2)]
+    opt = NaturalGaLoreAdamW([{"params": ps, "rank": rank, "history_size": 3, "proj_type": proj_type}])
+    for p in ps:
+        p.grad = torch.randn(shape, generator=gen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the rank-clamp warning, where it applies
+        opt.step()
+    assert len(storages(opt)) == 1
+    for p in ps:
+        st = opt.state[p]
+        basis = tuple(st[f"proj_{i}"] for i in range(st["proj_factors"]))
+        g = projector.project(p.grad, basis, projector.resolve_side(shape, proj_type))
+        assert st["history"].shape[1] == g.numel()
