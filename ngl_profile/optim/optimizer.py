@@ -239,9 +239,9 @@ class _NaturalGaLore(torch.optim.Optimizer):
 
     def _begin(self, p: torch.Tensor, group: dict, finite: bool | None = None) -> tuple | None:
         """Project ∇ and, with a window, store g_t and return (side, shape, dtype): its Gram row
-        and its update wait for the step's batched passes and solve, and g_t itself is not kept (the window holds it), so the
-        peak never holds a projected gradient beside its g̃. Without a window, update p right away
-        and return None.
+        and its update wait for the step's batched passes and solve, and g_t itself is not kept
+        (the window holds it), so the peak never holds a projected gradient beside its g̃.
+        Without a window, update p right away and return None.
 
         `finite`: the step's verdict on this gradient, if already known; None: check it here.
         """
@@ -264,7 +264,8 @@ class _NaturalGaLore(torch.optim.Optimizer):
             state["nonfinite_skips"] += 1
             return None
         if low_rank and group["history_size"] > 0:
-            if "history" not in state or state["history"].shape[1] != g.numel():  # a safety net: _make_windows sizes it
+            # _make_windows sized it; re-made here only if that ever disagreed with g
+            if "history" not in state or state["history"].shape[1] != g.numel():
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
             natural.store(state, g.reshape(-1), sharded.context(p))
             return side, g.shape, g.dtype
