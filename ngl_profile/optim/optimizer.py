@@ -78,16 +78,10 @@ def _kernels(group: dict) -> bool | str:
 
 
 def _projected_numel(p: torch.Tensor, group: dict) -> int:
-    """The length of p's flattened projected gradient: each basis factor has at most as many
-    columns as the SVD it comes from (min(rank, m, n) one-sided; per Tucker mode min(rank, d, numel/d))."""
+    """The length of p's flattened projected gradient (its window's row length)."""
     shape = tuple(p.shape)
     side = resolve_side(shape, group["proj_type"])
-    ranks = clamp_rank(shape, group["rank"], side)
-    if side in ("left", "right"):
-        ranks = (min(ranks[0], *shape),)
-    else:
-        ranks = tuple(min(r, d, math.prod(shape) // d) for r, d in zip(ranks, shape))
-    return math.prod(projected_shape(shape, ranks, side))
+    return math.prod(projected_shape(shape, clamp_rank(shape, group["rank"], side), side))
 
 
 class _NaturalGaLore(torch.optim.Optimizer):

@@ -11,6 +11,8 @@ Shapes, for a gradient ∇ of shape m×n and rank r:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["PROJ_TYPES", "SVD_METHODS", "resolve_side", "clamp_rank", "compute_basis", "project", "project_back",
@@ -35,12 +37,12 @@ def resolve_side(shape: torch.Size | tuple[int, ...], proj_type: str) -> str:
 
 
 def clamp_rank(shape: tuple[int, ...], rank: int, side: str) -> tuple[int, ...]:
-    """The rank actually used per projected mode (never more than the dimension allows)."""
-    if side == "left":
-        return (min(rank, shape[0]),)
-    if side == "right":
-        return (min(rank, shape[1]),)
-    return tuple(min(rank, d) for d in shape)
+    """The rank actually used per projected mode: no more columns than the SVD it comes from gives,
+    min(rank, m, n) one-sided, and min(rank, d, numel/d) for a Tucker mode's d × numel/d unfolding."""
+    if side in ("left", "right"):
+        return (min(rank, *shape),)
+    numel = math.prod(shape)
+    return tuple(min(rank, d, numel // d) for d in shape)
 
 
 def projected_shape(shape: tuple[int, ...], ranks: tuple[int, ...], side: str) -> tuple[int, ...]:

@@ -139,6 +139,25 @@ def test_rank_larger_than_matrix_is_clamped_with_one_warning():
     assert opt.state[ps[1]]["proj_0"].shape == (4, 4)  # right: min(r, n)×n
 
 
+@pytest.mark.parametrize("policy", ["keep", "reset", "rotate"])
+def test_forced_side_rank_is_clamped_to_what_the_svd_gives(policy):
+    """left forced onto a 16×6 matrix at rank 10: the SVD gives 6 columns, not min(10, 16)."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(16, 6, generator=gen))
+    opt = NaturalGaLoreAdamW([{"params": [p], "rank": 10, "proj_type": "left", "history_size": 3,
+                               "update_proj_gap": 2, "on_subspace_change": policy}])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(5):  # two basis refreshes with old-basis columns in the window
+            p.grad = torch.randn(p.shape, generator=gen)
+            opt.step()
+    assert [str(w.message) for w in caught if "clamped" in str(w.message)] == [
+        "rank 10 exceeds what a (16, 6) tensor allows; clamped to (6,) (warned once per optimizer)"]
+    assert opt.state[p]["proj_0"].shape == (16, 6)
+    assert opt.state[p]["history"].shape == (3, 36)
+    assert torch.isfinite(p).all()
+
+
 @pytest.mark.parametrize("whole_step", [True, False])
 def test_whole_step_and_per_parameter_checks_agree(whole_step, monkeypatch):
     """The GPU's one-read-per-step check and the CPU's per-parameter one skip the same updates."""
