@@ -139,17 +139,23 @@ def _run(name: str, device: torch.device, *args) -> bool:
     return True
 
 
+def _call(name: str, cols: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, *args) -> torch.Tensor | None:
+    """Allocate the output eagerly (where the tracker and estimator see it) and run kernel `name`
+    into it; None if the kernels are not `usable` for `cols` or cannot be compiled here."""
+    if not usable(cols):
+        return None
+    out = torch.empty(shape, dtype=dtype, device=cols.device)
+    if not has_values(out) or _run(name, cols.device, *args, out):
+        return out
+    return None
+
+
 def gram_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
               g_scale: torch.Tensor | None) -> torch.Tensor | None:
     """float64 P×s [⟨c_j, g_p⟩ for every row c_j of window p] of an arena `cols` (P×s×k; g: P×k;
     scales P×s and P, int8 storage only), or None if the kernel is not `usable` for it or cannot
     be compiled here: the caller computes it eagerly."""
-    if not usable(cols):
-        return None
-    out = torch.empty(cols.shape[0], cols.shape[1], dtype=torch.float64, device=cols.device)
-    if not has_values(out) or _run("gram_row", cols.device, cols, col_scale, g, g_scale, out):
-        return out
-    return None
+    return _call("gram_row", cols, cols.shape[:2], torch.float64, cols, col_scale, g, g_scale)
 
 
 def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
@@ -158,31 +164,16 @@ def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Te
     w: float64 P×s), summed in float64 and rounded once to `dtype`; None if not `usable` or not
     compilable here. Rows with w_pj = 0 add exactly 0 (stored values are finite). Allocates only
     the P×k output."""
-    if not usable(cols):
-        return None
-    out = torch.empty(cols.shape[0], cols.shape[2], dtype=dtype, device=cols.device)
-    if not has_values(out) or _run("combine", cols.device, cols, col_scale, w, out):
-        return out
-    return None
+    return _call("combine", cols, (cols.shape[0], cols.shape[2]), dtype, cols, col_scale, w)
 
 
 def gram_row(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
              g_scale: torch.Tensor | None) -> torch.Tensor | None:
     """`gram_rows` for one s×k window: float64, length s (None: compute it eagerly)."""
-    if not usable(cols):
-        return None
-    out = torch.empty(cols.shape[0], dtype=torch.float64, device=cols.device)
-    if not has_values(out) or _run("gram_row_1", cols.device, cols, col_scale, g, g_scale, out):
-        return out
-    return None
+    return _call("gram_row_1", cols, cols.shape[:1], torch.float64, cols, col_scale, g, g_scale)
 
 
 def combine(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
             dtype: torch.dtype) -> torch.Tensor | None:
     """`combine_rows` for one s×k window (w: float64, length s): length k (None: eagerly)."""
-    if not usable(cols):
-        return None
-    out = torch.empty(cols.shape[1], dtype=dtype, device=cols.device)
-    if not has_values(out) or _run("combine_1", cols.device, cols, col_scale, w, out):
-        return out
-    return None
+    return _call("combine_1", cols, cols.shape[1:], dtype, cols, col_scale, w)

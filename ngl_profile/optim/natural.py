@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import weakref
 from functools import lru_cache
+from typing import NamedTuple
 
 import torch
 
@@ -96,11 +97,15 @@ _ARENA_BYTES = 256 << 20
 _COMBINE_BYTES = 32 << 20
 
 
+def _per_arena(window_bytes: int) -> int:
+    """How many windows of this size one arena holds."""
+    return 1 if window_bytes > _PACK_WINDOW_BYTES else max(1, _ARENA_BYTES // max(window_bytes, 1))
+
+
 def init_windows(states: list[dict], k: int, s: int, storage: str, device: torch.device) -> None:
     """Empty windows (length-k columns, s slots) for every state, packed into arenas."""
     dtype = HISTORY_DTYPES[storage]
-    one = s * k * torch.empty((), dtype=dtype).element_size()
-    per_arena = 1 if one > _PACK_WINDOW_BYTES else max(1, _ARENA_BYTES // max(one, 1))
+    per_arena = _per_arena(s * k * torch.empty((), dtype=dtype).element_size())
     for lo in range(0, len(states), per_arena):
         members = states[lo : lo + per_arena]
         P = len(members)
@@ -134,8 +139,7 @@ def repack(states: list[dict]) -> None:
             groups.setdefault((tuple(h.shape), h.dtype, h.device), []).append(st)
     for ((s, k), dtype, device), members in groups.items():
         storage = next(name for name, d in HISTORY_DTYPES.items() if d == dtype)
-        one = s * k * members[0]["history"].element_size()
-        per_arena = 1 if one > _PACK_WINDOW_BYTES else max(1, _ARENA_BYTES // max(one, 1))
+        per_arena = _per_arena(s * k * members[0]["history"].element_size())
         for lo in range(0, len(members), per_arena):
             chunk = members[lo : lo + per_arena]
             saved = [dict(st) for st in chunk]
@@ -277,36 +281,46 @@ def _sibling(states: list[dict], members: dict[int, int], key: str, P: int) -> t
     return base if same else None
 
 
-def _batchable(states: list[dict], base: torch.Tensor, members: dict[int, int], compiled: list,
-               extra: list | None = None) -> tuple[bool, torch.Tensor | None, torch.Tensor | None]:
-    """(whether the arena's pass runs batched, its Gram arena, its scale arena): one compile
-    request (and one `extra` value, g̃'s dtype) for all members, sibling arenas in the same order,
-    and the compiled kernel taken (choice.py)."""
-    P = base.shape[0]
-    first = next(iter(members.values()))
-    int8 = "history_scale" in states[first]
-    gram = _sibling(states, members, "gram", P)
-    scale = _sibling(states, members, "history_scale", P) if int8 else None
-    same = len({compiled[i] for i in members.values()}) == 1 and (
-        extra is None or len({extra[i] for i in members.values()}) == 1)
-    ok = (same and gram is not None and (scale is not None or not int8)
-          and choice.wants_compiled(base, compiled[first]))
-    return ok, gram, scale
+class Plan(NamedTuple):
+    """How one step's windows are passed over: `batches` of (arena, {arena index: state index},
+    Gram arena, scale arena or None), one batched pass each; `rest`, one pass per window, in index
+    order, sharded windows last (their reductions must run in the same order on every rank)."""
+    batches: list[tuple[torch.Tensor, dict[int, int], torch.Tensor, torch.Tensor | None]]
+    rest: list[int]
 
 
-def update_grams(states: list[dict], compiled: list[bool | str], shards: list) -> None:
-    """The Gram row of each window's newest column (after `store`), as `push` would compute it:
-    one batched pass per arena (`_arenas`) where the compiled kernel is taken (choice.py), one pass
-    per window otherwise (and always for a sharded window: its reductions run in the same order on
-    every rank)."""
-    local = [i for i in range(len(states)) if shards[i] is None]
-    arenas, rest = _arenas(states, local)
-    rest += [i for i in range(len(states)) if shards[i] is not None]
+def plan(states: list[dict], compiled: list[bool | str], dtypes: list[torch.dtype] | None = None,
+         shards: list | None = None) -> Plan:
+    """The arenas (`_arenas`) whose passes run batched: one compile request and g̃ dtype for all
+    their members, sibling arenas in the same order, and the compiled kernel taken (choice.py).
+    Made once per step for both passes (`update_grams`, `combine_all`): nothing between them
+    moves a window."""
+    shards = shards or [None] * len(states)
+    arenas, rest = _arenas(states, [i for i in range(len(states)) if shards[i] is None])
+    batches = []
     for base, members in arenas:
-        ok, gram, scale = _batchable(states, base, members, compiled)
-        if not ok:
+        P = base.shape[0]
+        first = next(iter(members.values()))
+        int8 = "history_scale" in states[first]
+        gram = _sibling(states, members, "gram", P)
+        scale = _sibling(states, members, "history_scale", P) if int8 else None
+        same = len({compiled[i] for i in members.values()}) == 1 and (
+            dtypes is None or len({dtypes[i] for i in members.values()}) == 1)
+        if (same and gram is not None and (scale is not None or not int8)
+                and choice.wants_compiled(base, compiled[first])):
+            batches.append((base, members, gram, scale))
+        else:
             rest.extend(members.values())
-            continue
+    return Plan(batches, sorted(rest) + [i for i in range(len(states)) if shards[i] is not None])
+
+
+def update_grams(states: list[dict], compiled: list[bool | str], shards: list, how: Plan | None = None) -> None:
+    """The Gram row of each window's newest column (after `store`), as `push` would compute it:
+    one batched pass per arena of the step's `plan` (made here if not given), one pass per window
+    for the rest."""
+    how = how or plan(states, compiled, shards=shards)
+    rest = []
+    for base, members, gram, scale in how.batches:
         P, s = base.shape[:2]
         slots = {j: (states[i]["history_head"] - 1) % s for j, i in members.items()}
         counts = {j: states[i]["history_count"] for j, i in members.items()}
@@ -331,7 +345,7 @@ def update_grams(states: list[dict], compiled: list[bool | str], shards: list) -
             slot, n = slots[j], counts[j]
             gram[j, slot, :n] = rows[j, :n]
             gram[j, :n, slot] = rows[j, :n]
-    for i in sorted(rest):
+    for i in sorted(rest) + how.rest:  # a batch not compilable here first: it holds no sharded window
         st = states[i]
         _gram_update(st, (st["history_head"] - 1) % st["history"].shape[0], st["history_count"],
                      compiled[i], shards[i])
@@ -447,20 +461,16 @@ def combine(state: dict, w: torch.Tensor, compiled: bool | str = False,
 
 
 def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool | str],
-                dtypes: list[torch.dtype], shards: list | None = None):
+                dtypes: list[torch.dtype], shards: list | None = None, how: Plan | None = None):
     """(i, g̃_i = G_i w_i as dtypes[i]) for every window, as `combine` gives them, in an order of
-    its choosing: arenas (`_arenas`) in batched passes of at most _COMBINE_BYTES of g̃ (and at
-    least one window) where the compiled kernel is taken, every other window alone, sharded
+    its choosing: the arenas of the step's `plan` (made here if not given) in batched passes of at
+    most _COMBINE_BYTES of g̃ (and at least one window), then every other window alone, sharded
     windows (shards[i] not None) last and in index order: what the caller does with each g̃ may
     communicate, so every rank must reach them in the same order. Each batch's g̃ are views of
     one buffer, made when the batch is reached: consume them before asking for the next."""
-    shards = shards or [None] * len(states)
-    arenas, rest = _arenas(states, [i for i in range(len(states)) if shards[i] is None])
-    for base, members in arenas:
-        ok, _, scale = _batchable(states, base, members, compiled, dtypes)
-        if not ok:
-            rest.extend(members.values())
-            continue
+    how = how or plan(states, compiled, dtypes, shards)
+    rest = []
+    for base, members, _, scale in how.batches:
         P = base.shape[0]
         dtype = dtypes[next(iter(members.values()))]
         none = torch.zeros(base.shape[1], dtype=torch.float64, device=base.device) if len(members) < P else None
@@ -478,7 +488,7 @@ def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool 
             for j in inside:
                 yield members[j], out[j - lo]
             del out
-    for i in rest + [i for i in range(len(states)) if shards[i] is not None]:
+    for i in sorted(rest) + how.rest:
         yield i, combine(states[i], ws[i], compiled[i], dtypes[i])
 
 

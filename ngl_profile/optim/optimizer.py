@@ -186,13 +186,15 @@ class _NaturalGaLore(torch.optim.Optimizer):
             states = [self.state[p] for p, *_ in waiting]
             kernels = [_kernels(group) for _, group, *_ in waiting]
             shards = [sharded.context(p) for p, *_ in waiting]
-            natural.update_grams(states, kernels, shards)
+            dtypes = [w[4] for w in waiting]
+            how = natural.plan(states, kernels, dtypes, shards)  # for both passes: the stores moved no window
+            natural.update_grams(states, kernels, shards, how)
             # one batched solve for every window of the step. Tried on a CPU, where each window
             # could instead be solved and combined right after its push while still in the cache:
             # the step was 26 ms slower (155 vs 129 ms, llama-60m, benchmarks/optimizer_step.py,
             # AMD EPYC 2 cores, 2026-12-02): 56 small solves cost more than the cache saved
             ws = natural.weights(states, [gr["damping"] for _, gr, *_ in waiting], self._backoff_watch.tally)
-            for i, g_tilde in natural.combine_all(states, ws, kernels, [w[4] for w in waiting], shards):
+            for i, g_tilde in natural.combine_all(states, ws, kernels, dtypes, shards, how):
                 p, group, side, shape, _ = waiting[i]
                 self._finish(p, group, g_tilde.view(shape), side)
                 del g_tilde  # before the next batch of g̃ is made
