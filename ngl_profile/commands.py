@@ -157,13 +157,15 @@ def _run_sweep(args, sweep, mode, device, out: Path) -> int:
                     render_report([result], sub, args.units)
             runs.append(result)
             done[v] = sub.name
-            (out / "sweep.md").write_text(sweep_markdown(runs, sweep.axis, list(sweep.values), done))
-        chart = None if args.no_report else axis_sweep(runs, sweep.axis, out / "sweep.png")
+            (out / "sweep.md").write_text(sweep_markdown(runs, sweep.axis, list(sweep.values), done,
+                                                         units=args.units))
+        chart = None if args.no_report else axis_sweep(runs, sweep.axis, out / "sweep.png", args.units)
         if chart is not None:
-            (out / "sweep.md").write_text(sweep_markdown(runs, sweep.axis, list(sweep.values), done, chart.name))
+            (out / "sweep.md").write_text(sweep_markdown(runs, sweep.axis, list(sweep.values), done, chart.name,
+                                                         args.units))
     from rich.table import Table
 
-    head, rows, unit = sweep_rows(runs, sweep.axis)
+    head, rows, unit = sweep_rows(runs, sweep.axis, args.units)
     t = Table(title=f"peak memory ({unit}) vs {sweep.axis}, target {runs[0].gpu['name']}; ✗ does not fit")
     for j, h in enumerate(head):
         t.add_column(h, justify="left" if j == 0 else "right")

@@ -9,7 +9,7 @@ import pytest
 import ngl_profile.engine.runner as runner
 from ngl_profile.cli import main
 from ngl_profile.report import charts
-from ngl_profile.report.sweep import axis_sweep, axis_sweep_figure, sweep_rows
+from ngl_profile.report.sweep import axis_sweep, axis_sweep_figure, sweep_markdown, sweep_rows
 from ngl_profile.schema.presets import load_scenario
 from ngl_profile.schema.results import CaseResult, RunResult, write_json_atomic
 from ngl_profile.schema.sweep import parse_sweep
@@ -210,6 +210,25 @@ def test_the_chart_breaks_its_axis_when_the_card_dwarfs_every_peak():
     assert len(top) == 1 and top[0].get_ylim()[0] < 24 * 1024 < top[0].get_ylim()[1]
     assert main_ax.get_ylim()[1] < max(line.get_ydata()) * 1.2  # the peaks fill the main panel
     assert any(t.get_gid() == "break-note" for t in main_ax.texts)
+
+
+def test_units_gb_draws_and_tabulates_the_sweep_in_decimal_units():
+    runs = rank_sweep()
+    fig = axis_sweep_figure(runs, "rank", "GB")
+    galore = _series(fig)["galore"]
+    ax = galore.axes
+    assert ax.get_ylabel() == "peak memory (GB)"
+    assert list(galore.get_ydata()) == [r.cases[1].peak_bytes / 1e9 for r in runs]
+    (cap,) = [line for line in ax.get_lines() if line.get_gid() == "capacity"]
+    assert cap.get_ydata()[0] == pytest.approx(24 * GiB / 1e9)
+    (label,) = [t.get_text() for t in ax.texts if t.get_gid() == "capacity-label"]
+    assert label.endswith(": 26 GB")  # 24 GiB is 25.8 GB; not "24 GiB" on a GB axis
+    head, rows, unit = sweep_rows(runs, "rank", "GB")
+    assert unit == "GB"
+    assert {r[0]: r for r in rows}["galore"][1] == f"{runs[0].cases[1].peak_bytes / 1e9:,.2f}"
+    md = sweep_markdown(runs, "rank", [128, 512, 1024], {128: "rank-128", 512: "rank-512", 1024: "rank-1024"},
+                        units="GB")
+    assert "(25.77 GB). Peak memory in GB;" in md and "GiB" not in md
 
 
 def test_sweep_rows_name_the_largest_value_that_fits():

@@ -255,12 +255,12 @@ def estimated_vs_measured(estimated: RunResult, measured: RunResult, path: Path,
     return _save(estimated_vs_measured_figure(estimated, measured, units), path, 100)
 
 
-def size_sweep_figure(runs: list[RunResult]):
+def size_sweep_figure(runs: list[RunResult], units: str = "GiB"):
     from ngl_profile.report.sweep import sweep_figure
 
-    return sweep_figure(runs)
+    return sweep_figure(runs, units)
 
 
-def size_sweep(runs: list[RunResult], path: Path) -> Path | None:
-    return _save(size_sweep_figure(runs), path)
+def size_sweep(runs: list[RunResult], path: Path, units: str = "GiB") -> Path | None:
+    return _save(size_sweep_figure(runs, units), path)
 

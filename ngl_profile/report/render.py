@@ -129,7 +129,7 @@ def sections(runs: list[RunResult], out: Path, units: str = "GiB") -> list[Secti
                                              out / f"{safe_name(name)}-estimated_vs_measured.png", units)
             if p is not None:
                 across.charts.append((f"Estimated vs measured: {name}", p))
-    p = charts.size_sweep(runs, out / "size_sweep.png")
+    p = charts.size_sweep(runs, out / "size_sweep.png", units)
     if p is not None:
         across.charts.append(("Peak memory vs model size", p))
     if across.charts:

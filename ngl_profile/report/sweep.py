@@ -12,13 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ngl_profile.report.charts import CAPACITY, fit_text, plt
-from ngl_profile.report.tables import markdown_table, size_unit
+from ngl_profile.report.tables import check_units, human_bytes, markdown_table, size_unit
 from ngl_profile.schema.results import RunResult
 from ngl_profile.schema.sweep import label_tag, sweep_value, takes
 
 __all__ = ["sweep_figure", "axis_sweep_figure", "axis_sweep", "sweep_rows", "sweep_markdown", "AXIS_LABELS"]
 
-GiB = 1 << 30
 MARKERS = "osD^v<>ph*"
 
 
@@ -37,21 +36,24 @@ def _key(c, cases, run: RunResult, modes: bool, tag: str = "") -> str:
     return key + (f" ({run.mode})" if modes else "")
 
 
-def _series(runs: list[RunResult]) -> dict[str, list]:
+def _series(runs: list[RunResult], scale: int) -> dict[str, list]:
     modes = len({r.mode for r in runs}) > 1
     points: dict[str, list] = {}
     for r in runs:
         ok = [c for c in r.cases if c.status == "ok" and c.params.get("total")]
         for c in ok:
             points.setdefault(_key(c, ok, r, modes), []).append(
-                (c.params["total"], c.peak_bytes / GiB, c, r.scenario["model"]))
+                (c.params["total"], c.peak_bytes / scale, c, r.scenario["model"]))
     return points
 
 
-def _capacity(ax, runs: list[RunResult], unit: str = "GiB", scale: int = GiB) -> None:
+def _capacity(ax, runs: list[RunResult], unit: str, scale: int, units: str) -> None:
+    """The target cards' memory as dashed lines, labelled in the family `units` names (the card's
+    size in its own largest unit, then on the axis's unit where that differs: "24 GiB = 24,576 MiB")."""
     for name, cap in {r.gpu["name"]: r.gpu["memory_bytes"] for r in runs}.items():
         ax.axhline(cap / scale, color=CAPACITY, linestyle="--", linewidth=1, gid="capacity")
-        text = f"{name}: {cap / GiB:,.0f} GiB" + (f" = {cap / scale:,.0f} {unit}" if unit != "GiB" else "")
+        own = human_bytes(cap, units, 0)
+        text = f"{name}: {own}" + (f" = {cap / scale:,.0f} {unit}" if not own.endswith(f" {unit}") else "")
         # at the left, where the small settings sit far below any card's memory
         ax.text(0.01, cap / scale, text, color=CAPACITY, fontsize=8, va="bottom", ha="left",
                 transform=ax.get_yaxis_transform(), gid="capacity-label")
@@ -82,23 +84,27 @@ def _shape(r: RunResult) -> str:
     return f"{s['batch_size']}×{s['seq_len']}" + (" ckpt" if s.get("checkpointing") else "")
 
 
-def sweep_figure(runs: list[RunResult]):
+def sweep_figure(runs: list[RunResult], units: str = "GiB"):
+    """Peak memory against model size, one line per optimizer, in the `units` family's large unit
+    (GiB or GB: a size sweep's peaks span decades; the log axis keeps every one readable)."""
+    check_units(units)
     runs = [r for r in runs if r.cases]
     if len({r.scenario["model"] for r in runs}) < 2:
         return None
     from matplotlib.ticker import NullLocator
 
+    unit, scale = size_unit([1 << 40], units)  # the family's large unit, whatever the peaks
     width = 11.0
     fig, ax = plt().subplots(figsize=(width, 6.0), layout="constrained")
-    for i, (name, pts) in enumerate(sorted(_series(runs).items())):
+    for i, (name, pts) in enumerate(sorted(_series(runs, scale).items())):
         pts.sort(key=lambda p: p[0])
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=MARKERS[i % len(MARKERS)],
                 label=name + _changes(pts))
     ax.set_xscale("log")
     ax.set_yscale("log")
-    _capacity(ax, runs)
+    _capacity(ax, runs, unit, scale, units)
     ax.set_xlabel("model parameters")
-    ax.set_ylabel("GiB at the step's peak")
+    ax.set_ylabel(f"{unit} at the step's peak")
     by_model = {}
     for r in runs:
         size = min(c.params.get("total", 0) or 0 for c in r.cases) or None
@@ -181,7 +187,7 @@ def _y_scale(ax, lo: float, hi: float) -> None:
         ax.set_ylim(0, hi * 1.08)
 
 
-def axis_sweep_figure(runs: list[RunResult], axis: str):
+def axis_sweep_figure(runs: list[RunResult], axis: str, units: str = "GiB"):
     """Peak memory against `axis`, one line per optimizer, the target card's memory as a dashed
     line; None with fewer than two values. Where the card's memory is far above every peak (a small
     model), the y-axis is broken: a narrow panel above holds the card's line, and the peaks keep
@@ -196,7 +202,7 @@ def axis_sweep_figure(runs: list[RunResult], axis: str):
     drawn = [c.peak_bytes for pts in points.values() for _, c in pts if c.status == "ok"]
     if not drawn:
         return None
-    unit, scale = size_unit(drawn)
+    unit, scale = size_unit(drawn, units)
     lo, hi = min(drawn) / scale, max(drawn) / scale
     caps = {r.gpu["name"]: r.gpu["memory_bytes"] for r in runs}
     broken = max(caps.values()) > 4 * max(drawn)
@@ -232,7 +238,7 @@ def axis_sweep_figure(runs: list[RunResult], axis: str):
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     if broken:
         _y_scale(ax, lo, hi)
-        _capacity(top, runs, unit, scale)
+        _capacity(top, runs, unit, scale, units)
         ys = [b / scale for b in caps.values()]
         top.set_ylim(min(ys) * 0.9, max(ys) * 1.12)
         top.yaxis.set_major_locator(FixedLocator(ys))
@@ -249,7 +255,7 @@ def axis_sweep_figure(runs: list[RunResult], axis: str):
         ax.text(0.01, 0.985, f"y-axis broken: {_tick(gap[0])}–{gap[1]:,.0f} {unit} left out",
                 transform=ax.transAxes, fontsize=7.5, color="#555555", va="top", ha="left", gid="break-note")
     else:
-        _capacity(ax, runs, unit, scale)
+        _capacity(ax, runs, unit, scale, units)
         _y_scale(ax, lo, max(hi, max(caps.values()) / scale))
     ax.set_xlabel(AXIS_LABELS.get(axis, axis))
     ylabel = f"peak memory ({unit}{', log scale' if ax.get_yscale() == 'log' else ''})"
@@ -266,8 +272,8 @@ def axis_sweep_figure(runs: list[RunResult], axis: str):
     return fig
 
 
-def axis_sweep(runs: list[RunResult], axis: str, path: Path) -> Path | None:
-    fig = axis_sweep_figure(runs, axis)
+def axis_sweep(runs: list[RunResult], axis: str, path: Path, units: str = "GiB") -> Path | None:
+    fig = axis_sweep_figure(runs, axis, units)
     if fig is None:
         return None
     fig.savefig(path, dpi=110)
@@ -283,11 +289,11 @@ def _cell(c, scale: int) -> str:
     return f"{c.peak_bytes / scale:,.2f}" + ("" if c.fits or c.fits is None else " ✗")
 
 
-def sweep_rows(runs: list[RunResult], axis: str) -> tuple[list[str], list[list[str]], str]:
+def sweep_rows(runs: list[RunResult], axis: str, units: str = "GiB") -> tuple[list[str], list[list[str]], str]:
     """(head, rows, unit): per optimizer, its peak at each value, and the largest value that fits."""
     values = sorted({v for r in runs if (v := sweep_value(r.scenario, axis)) is not None})
     points = _axis_points(runs, axis)
-    unit, scale = size_unit(c.peak_bytes for pts in points.values() for _, c in pts)
+    unit, scale = size_unit((c.peak_bytes for pts in points.values() for _, c in pts), units)
     head = ["optimizer", *(f"{axis}={v}" for v in values), f"largest {axis} that fits"]
     rows = []
     for name, pts in sorted(points.items()):
@@ -300,17 +306,17 @@ def sweep_rows(runs: list[RunResult], axis: str) -> tuple[list[str], list[list[s
 
 
 def sweep_markdown(runs: list[RunResult], axis: str, planned: list[int], sub_dirs: dict[int, str],
-                   chart: str | None = None) -> str:
+                   chart: str | None = None, units: str = "GiB") -> str:
     """sweep.md: the table, what each column's run is, and which planned values have not run."""
     done = [v for v in planned if v in sub_dirs]
     lines = ["# ngl-profile sweep", ""]
     if runs:
         r = runs[0]
-        head, rows, unit = sweep_rows(runs, axis)
+        head, rows, unit = sweep_rows(runs, axis, units)
         lines += [f"*{r.scenario['name']}*: {r.scenario['model']}, {_fixed(runs, axis)}, swept over {axis}; "
-                  f"target {r.gpu['name']} ({r.gpu['memory_bytes'] / GiB:,.2f} GiB). Peak memory in {unit}; "
+                  f"target {r.gpu['name']} ({human_bytes(r.gpu['memory_bytes'], units)}). Peak memory in {unit}; "
                   "✗: does not fit the target"
-                  + (" (a 512 MiB CUDA context assumed)." if r.mode == "estimated" else "."), ""]
+                  + (f" (a {human_bytes(512 << 20, units, 0)} CUDA context assumed)." if r.mode == "estimated" else "."), ""]
         lines += [markdown_table(head, rows), ""]
     missing = [v for v in planned if v not in sub_dirs]
     if missing:

@@ -126,6 +126,18 @@ def test_size_sweep_joins_one_optimizer_across_settings_and_says_where_they_chan
     assert "s=4, int8: llama-1b" in legend and "s=2, int8: llama-7b" in legend
 
 
+def test_size_sweep_draws_in_the_units_asked_for():
+    runs = sweep()
+    for units, unit, scale in (("GiB", "GiB", 1 << 30), ("GB", "GB", 10**9)):
+        fig = charts.size_sweep_figure(runs, units)
+        (ax,) = [a for a in fig.axes if a.get_legend() is not None]
+        assert ax.get_ylabel() == f"{unit} at the step's peak"
+        line = next(x for x in ax.get_lines() if x.get_label().startswith("adamw\n") or x.get_label() == "adamw")
+        assert sorted(line.get_ydata()) == sorted(r.cases[0].peak_bytes / scale for r in runs)
+        (cap,) = [x for x in ax.get_lines() if x.get_gid() == "capacity"]
+        assert cap.get_ydata()[0] == pytest.approx(runs[0].gpu["memory_bytes"] / scale)
+
+
 def test_size_sweep_does_not_mix_batch_sizes_silently():
     fig = charts.size_sweep_figure(sweep(batch_7b=1))
     assert "batch × seq differs between models" in fig._suptitle.get_text().replace("\n", " ")
