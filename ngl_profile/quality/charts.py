@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ngl_profile.quality.verdict import GiB, pareto_front, points
+from ngl_profile.quality.verdict import pareto_front, points
 from ngl_profile.report.charts import plt
+from ngl_profile.zoo.gpus import GiB
 
 __all__ = ["loss_curves", "loss_curves_figure", "pareto", "pareto_figure"]
 

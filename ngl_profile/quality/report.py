@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ngl_profile.quality.verdict import GiB, pareto_front, points, verdict
+from ngl_profile.quality.verdict import pareto_front, points, verdict
+from ngl_profile.zoo.gpus import GiB
 
 __all__ = ["render_report", "write_report"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Point", "points", "pareto_front", "verdict"]
+from ngl_profile.zoo.gpus import GiB
 
-GiB = 1 << 30
+__all__ = ["Point", "points", "pareto_front", "verdict"]
 
 
 @dataclass(frozen=True, slots=True)

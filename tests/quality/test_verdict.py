@@ -1,5 +1,6 @@
 """The verdict sentence and the Pareto front on hand-made points: each branch of the rule."""
-from ngl_profile.quality.verdict import GiB, Point, pareto_front, verdict
+from ngl_profile.quality.verdict import Point, pareto_front, verdict
+from ngl_profile.zoo.gpus import GiB
 
 
 def P(label, loss, band, gib, seeds=3):
