@@ -145,10 +145,11 @@ def window_bytes(name: str, shapes, rank: int) -> int:
 
 
 def matmul_pass(shapes, rank: int, device, dtype):
-    """The two matmuls every GaLore-family step runs per matrix, alone, as ours runs them: the
-    projection (g = Pᵀ∇ or ∇Qᵀ, into a buffer made once) and the back-projection fused into the
-    update (addmm_ onto a copy of the weights). Its time is a compute floor: these rows are bound by
-    their matmuls, not by bytes, and galore-torch runs the same products (unfused)."""
+    """The two matmuls every GaLore-family step runs per matrix, alone: the projection (g = Pᵀ∇ or
+    ∇Qᵀ; into a buffer made once, where ours allocates it each step and a window copies it in) and
+    the back-projection fused into the update (addmm_ onto a copy of the weights, as ours runs it).
+    Its time is a compute floor: these rows are bound by their matmuls, not by bytes, and
+    galore-torch runs the same products (unfused). It holds a copy of ∇ and of the weights."""
     from ngl_profile.optim.projector import resolve_side
 
     gen = torch.Generator(device=device).manual_seed(1)

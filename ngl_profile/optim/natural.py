@@ -44,7 +44,7 @@ from ngl_profile.optim import choice, kernels
 from ngl_profile.optim.values import has_values, value_scope
 
 __all__ = ["HISTORY_DTYPES", "STATE_CATEGORIES", "N_TIERS", "TIER_FACTOR", "init_windows", "init_window",
-           "repack", "reset_window", "store", "push", "update_grams", "weights", "combine", "combine_all",
+           "repack", "reset_window", "store", "push", "Plan", "plan", "update_grams", "weights", "combine", "combine_all",
            "solve", "rotate_window", "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
@@ -283,18 +283,20 @@ def _sibling(states: list[dict], members: dict[int, int], key: str, P: int) -> t
 
 class Plan(NamedTuple):
     """How one step's windows are passed over: `batches` of (arena, {arena index: state index},
-    Gram arena, scale arena or None), one batched pass each; `rest`, one pass per window, in index
-    order, sharded windows last (their reductions must run in the same order on every rank)."""
-    batches: list[tuple[torch.Tensor, dict[int, int], torch.Tensor, torch.Tensor | None]]
+    Gram arena, scale arena or None, whether its members want one g̃ dtype), one batched pass each
+    (g̃ only where that dtype is one); `rest`, one pass per window, in index order, sharded windows
+    last (their reductions must run in the same order on every rank)."""
+    batches: list[tuple[torch.Tensor, dict[int, int], torch.Tensor, torch.Tensor | None, bool]]
     rest: list[int]
 
 
 def plan(states: list[dict], compiled: list[bool | str], dtypes: list[torch.dtype] | None = None,
          shards: list | None = None) -> Plan:
-    """The arenas (`_arenas`) whose passes run batched: one compile request and g̃ dtype for all
-    their members, sibling arenas in the same order, and the compiled kernel taken (choice.py).
-    Made once per step for both passes (`update_grams`, `combine_all`): nothing between them
-    moves a window."""
+    """The arenas (`_arenas`) whose passes run batched: one compile request for all their members,
+    sibling arenas in the same order, and the compiled kernel taken (choice.py); g̃ also needs one
+    dtype (`dtypes`; None: assumed), which only an arena rebuilt by `repack` can lack (it groups
+    windows without their parameters' dtype). Made once per step for both passes (`update_grams`,
+    `combine_all`): nothing between them moves a window."""
     shards = shards or [None] * len(states)
     arenas, rest = _arenas(states, [i for i in range(len(states)) if shards[i] is None])
     batches = []
@@ -304,11 +306,10 @@ def plan(states: list[dict], compiled: list[bool | str], dtypes: list[torch.dtyp
         int8 = "history_scale" in states[first]
         gram = _sibling(states, members, "gram", P)
         scale = _sibling(states, members, "history_scale", P) if int8 else None
-        same = len({compiled[i] for i in members.values()}) == 1 and (
-            dtypes is None or len({dtypes[i] for i in members.values()}) == 1)
-        if (same and gram is not None and (scale is not None or not int8)
-                and choice.wants_compiled(base, compiled[first])):
-            batches.append((base, members, gram, scale))
+        one_dtype = dtypes is None or len({dtypes[i] for i in members.values()}) == 1
+        if (len({compiled[i] for i in members.values()}) == 1 and gram is not None
+                and (scale is not None or not int8) and choice.wants_compiled(base, compiled[first])):
+            batches.append((base, members, gram, scale, one_dtype))
         else:
             rest.extend(members.values())
     return Plan(batches, sorted(rest) + [i for i in range(len(states)) if shards[i] is not None])
@@ -320,7 +321,7 @@ def update_grams(states: list[dict], compiled: list[bool | str], shards: list, h
     for the rest."""
     how = how or plan(states, compiled, shards=shards)
     rest = []
-    for base, members, gram, scale in how.batches:
+    for base, members, gram, scale, _ in how.batches:
         P, s = base.shape[:2]
         slots = {j: (states[i]["history_head"] - 1) % s for j, i in members.items()}
         counts = {j: states[i]["history_count"] for j, i in members.items()}
@@ -470,7 +471,10 @@ def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool 
     one buffer, made when the batch is reached: consume them before asking for the next."""
     how = how or plan(states, compiled, dtypes, shards)
     rest = []
-    for base, members, _, scale in how.batches:
+    for base, members, _, scale, one_dtype in how.batches:
+        if not one_dtype:
+            rest.extend(members.values())
+            continue
         P = base.shape[0]
         dtype = dtypes[next(iter(members.values()))]
         none = torch.zeros(base.shape[1], dtype=torch.float64, device=base.device) if len(members) < P else None

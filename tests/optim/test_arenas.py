@@ -66,16 +66,20 @@ def test_arena_passes_equal_one_pass_per_window(storage, skip, monkeypatch):
         torch.testing.assert_close(p_opt.state[p]["gram"], a_opt.state[q]["gram"], rtol=1e-12, atol=1e-12)
 
 
-def test_combine_all_holds_at_most_its_bound_of_g_tilde(monkeypatch):
-    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
-    ps = params()[:4]  # the k = 240 arena
+def stepped_arena(steps: int, gen: torch.Generator) -> list[dict]:
+    """The states of the k = 240 arena's four windows after `steps` optimizer steps."""
+    ps = params()[:4]
     opt = build(ps)
-    gen = torch.Generator().manual_seed(5)
-    for _ in range(3):
+    for _ in range(steps):
         for p in ps:
             p.grad = torch.randn(p.shape, generator=gen)
         opt.step()
-    states = [opt.state[p] for p in ps]
+    return [opt.state[p] for p in ps]
+
+
+def test_combine_all_holds_at_most_its_bound_of_g_tilde(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+    states = stepped_arena(3, torch.Generator().manual_seed(5))
     ws = natural.weights(states, [1e-3] * 4)
     monkeypatch.setattr(natural, "_COMBINE_BYTES", 2 * 240 * 4)  # two windows' g̃ per batch
     seen = {}
@@ -85,6 +89,36 @@ def test_combine_all_holds_at_most_its_bound_of_g_tilde(monkeypatch):
     assert sorted(seen) == [0, 1, 2, 3]
     buffers = {s.data_ptr(): s.nbytes() for s in seen.values()}
     assert len(buffers) == 2 and all(n == 2 * 240 * 4 for n in buffers.values())
+
+
+def test_an_arena_of_two_g_tilde_dtypes_keeps_its_batched_gram_pass(monkeypatch):
+    """An arena rebuilt by repack can hold windows whose g̃ dtypes differ: its Gram rows still run
+    as one batched pass, its g̃ one window at a time, each in its own dtype."""
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)
+    gen = torch.Generator().manual_seed(6)
+    states = stepped_arena(2, gen)
+    dtypes = [torch.float32, torch.bfloat16, torch.float32, torch.float32]
+    how = natural.plan(states, [True] * 4, dtypes)
+    assert [(len(members), one) for _, members, *_, one in how.batches] == [(4, False)] and how.rest == []
+    batched = []
+    monkeypatch.setattr(kernels, "gram_rows", lambda *a, real=kernels.gram_rows: batched.append(1) or real(*a))
+    for st in states:
+        natural.store(st, torch.randn(240, generator=gen))
+    expected = []  # each window's Gram matrix after its newest row, one window at a time (eager)
+    for st in states:
+        twin = dict(st, gram=st["gram"].clone())
+        natural._gram_update(twin, (twin["history_head"] - 1) % 4, twin["history_count"])
+        expected.append(twin["gram"])
+    natural.update_grams(states, [True] * 4, [None] * 4, how)
+    assert batched == [1]
+    for st, ref in zip(states, expected):
+        torch.testing.assert_close(st["gram"], ref, rtol=1e-12, atol=1e-12)
+    ws = natural.weights(states, [1e-3] * 4)
+    got = dict(natural.combine_all(states, ws, [True] * 4, dtypes, how=how))
+    assert sorted(got) == [0, 1, 2, 3]
+    for i, g in got.items():
+        assert g.dtype == dtypes[i]
+        torch.testing.assert_close(g, natural.combine(states[i], ws[i], False, dtypes[i]))
 
 
 def test_a_checkpoint_load_repacks_the_windows_and_resumes_bit_exact(monkeypatch):
