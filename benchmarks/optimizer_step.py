@@ -62,7 +62,7 @@ class OfficialStyle(NaturalGaLoreAdamW):
         del hist[: -self.history_size]
         G = torch.stack(hist, dim=1).float()  # k×s, rebuilt every step (solve needs float32)
         lam = 1e-3
-        S = lam * torch.eye(G.shape[1]) + G.t() @ G
+        S = lam * torch.eye(G.shape[1], device=G.device) + G.t() @ G
         # solve_ex: with the benchmark's repeated gradient S is singular in float32 and solve() raises
         # (ours: float64 Gram + Cholesky with damping backoff); this class is only timed
         z = torch.linalg.solve_ex(S, G.t() @ G[:, -1])[0]
