@@ -37,7 +37,8 @@ def main() -> None:
                                                          "update_proj_gap": 10**9})):
         torch.manual_seed(0)
         model = build_model(args.model, dtype, device=device)
-        runs[name] = {"model": model, "opt": build(name, model, lr=1e-3, **hp), "times": []}
+        # target: each optimizer's kernel path on this device (torch AdamW: foreach on CUDA)
+        runs[name] = {"model": model, "opt": build(name, model, target=device.type, lr=1e-3, **hp), "times": []}
     batch = make_batch(args.model, args.batch, args.seq, device=device, generator=torch.Generator(device).manual_seed(0))
 
     def step(r):

@@ -11,11 +11,12 @@
 #   cuda_tests.txt           python -m pytest tests/engine/test_cuda.py (the CUDA path: slack, NVML
 #                            context, the allocator cap, the compiled window kernels through Triton)
 #   optimizer_step.txt       benchmarks/optimizer_step.py on llama-1b's block matrices, bf16, the
-#                            window kernels forced each way and chosen (issue 15, part 4)
+#                            window kernels as the chooser takes them (issue 15, part 4; run it
+#                            again with --kernels each if time is left)
 #   end_to_end.txt           benchmarks/end_to_end.py: tokens/s natural-galore against adamw, llama-1b
 #                            bf16 (issue 15's goal: ≥ 0.95×)
-#   run-1b.tar.gz            ngl-profile run 1b --gpu 4090 --mode measured: the report, measured on
-#                            this GPU capped to a 4090's memory
+#   run-1b.tar.gz            ngl-profile run 1b --gpu 4090 --mode measured, adamw and natural-galore:
+#                            the report, measured on this GPU capped to a 4090's memory
 #   run-1b.txt               what that run printed
 # Commit what comes back under reports/ with the device named.
 set -uo pipefail
@@ -41,17 +42,22 @@ step() {  # step SECONDS NAME COMMAND...: the command's output to $OUT/NAME.txt,
     shift 2
     echo "== $name (limit ${limit} s): $*"
     local t0=$SECONDS
-    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    timeout -k 10 "$limit" "$@" > "$OUT/$name.txt" 2>&1
     local rc=$?
     echo "exit status $rc after $((SECONDS - t0)) s" >> "$OUT/$name.txt"
     tail -n 25 "$OUT/$name.txt"
 }
 
-step 100 cuda_tests python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
-step 170 optimizer_step python3 benchmarks/optimizer_step.py --model llama-1b --device cuda --dtype bfloat16 \
-    --kernels each --rounds 5 --steps 5
-step 90 end_to_end python3 benchmarks/end_to_end.py --model llama-1b --batch 4 --seq 256 --dtype bfloat16 \
+# limits: 90 + 200 + 80 + 130 s, each + 10 s to be killed, and ~20 s of setup: under 560 s. Every
+# GaLore row of optimizer_step starts with a float32 SVD of each of llama-1b's 168 matrices: with
+# `--kernels each` (14 rows) that alone could outlast its limit, so `auto` (8 rows); it prints
+# "ready: …" per row as it goes, so a cut-short run still says how far it got
+step 90 cuda_tests python3 -m pytest -q -p no:cacheprovider tests/engine/test_cuda.py
+step 200 optimizer_step python3 benchmarks/optimizer_step.py --model llama-1b --device cuda --dtype bfloat16 \
+    --kernels auto --rounds 5 --steps 5
+step 80 end_to_end python3 benchmarks/end_to_end.py --model llama-1b --batch 4 --seq 256 --dtype bfloat16 \
     --device cuda --rounds 5 --steps 3
-step 150 run-1b python3 -m ngl_profile.cli run 1b --gpu 4090 --mode measured --out "$OUT/run-1b" --force
+step 130 run-1b python3 -m ngl_profile.cli run 1b --gpu 4090 --mode measured --optimizers adamw,natural-galore \
+    --out "$OUT/run-1b" --force
 tar -czf "$OUT/run-1b.tar.gz" -C "$OUT" run-1b 2>/dev/null && rm -rf "$OUT/run-1b"
 ls -la "$OUT"

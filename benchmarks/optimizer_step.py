@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -214,6 +215,8 @@ def main() -> None:
         for _ in range(10 + 2 * (choice.TRIALS + 1)):  # fills the s = 10 windows, then the chooser's trial steps
             opt.step()
         runs[name] = {"opt": opt, "first": first, "times": [], "mode": mode}
+        # as it goes: where a run is cut short (a device machine's time limit), what was ready shows
+        print(f"ready: {name} (first step {first:.2f} s)", file=sys.stderr, flush=True)
     probe = torch.ones(64 << 20, device=device)
     matmuls = matmul_pass(shapes, args.rank, device, dtype)
     matmuls()
