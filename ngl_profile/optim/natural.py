@@ -44,8 +44,8 @@ from ngl_profile.optim import choice, kernels
 from ngl_profile.optim.values import has_values, value_scope
 
 __all__ = ["HISTORY_DTYPES", "STATE_CATEGORIES", "N_TIERS", "TIER_FACTOR", "init_windows", "init_window",
-           "repack", "reset_window", "store", "push", "Plan", "plan", "update_grams", "weights", "combine", "combine_all",
-           "solve", "rotate_window", "all_finite"]
+           "repack", "reset_window", "store", "push", "Plan", "plan", "update_grams", "weights", "combine",
+           "combine_all", "solve", "rotate_window", "all_finite"]
 
 HISTORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "int8": torch.int8}
 # The window is read in slices of at most this many elements (all columns together), so neither the
@@ -346,7 +346,8 @@ def update_grams(states: list[dict], compiled: list[bool | str], shards: list, h
             slot, n = slots[j], counts[j]
             gram[j, slot, :n] = rows[j, :n]
             gram[j, :n, slot] = rows[j, :n]
-    for i in sorted(rest) + how.rest:  # a batch not compilable here first: it holds no sharded window
+    # the batches the kernel refused go first: they hold no sharded window, which must come last
+    for i in sorted(rest) + how.rest:
         st = states[i]
         _gram_update(st, (st["history_head"] - 1) % st["history"].shape[0], st["history_count"],
                      compiled[i], shards[i])

@@ -316,7 +316,8 @@ def sweep_markdown(runs: list[RunResult], axis: str, planned: list[int], sub_dir
         lines += [f"*{r.scenario['name']}*: {r.scenario['model']}, {_fixed(runs, axis)}, swept over {axis}; "
                   f"target {r.gpu['name']} ({human_bytes(r.gpu['memory_bytes'], units)}). Peak memory in {unit}; "
                   "✗: does not fit the target"
-                  + (f" (a {human_bytes(512 << 20, units, 0)} CUDA context assumed)." if r.mode == "estimated" else "."), ""]
+                  + (f" (a {human_bytes(512 << 20, units, 0)} CUDA context assumed)." if r.mode == "estimated"
+                     else "."), ""]
         lines += [markdown_table(head, rows), ""]
     missing = [v for v in planned if v not in sub_dirs]
     if missing:
