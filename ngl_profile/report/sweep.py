@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ngl_profile.report.charts import CAPACITY, fit_text, plt
-from ngl_profile.report.tables import check_units, human_bytes, markdown_table, size_unit
+from ngl_profile.report.tables import human_bytes, large_unit, markdown_table, size_unit
 from ngl_profile.schema.results import RunResult
 from ngl_profile.schema.sweep import label_tag, sweep_value, takes
 
@@ -87,13 +87,12 @@ def _shape(r: RunResult) -> str:
 def sweep_figure(runs: list[RunResult], units: str = "GiB"):
     """Peak memory against model size, one line per optimizer, in the `units` family's large unit
     (GiB or GB: a size sweep's peaks span decades; the log axis keeps every one readable)."""
-    check_units(units)
+    unit, scale = large_unit(units)
     runs = [r for r in runs if r.cases]
     if len({r.scenario["model"] for r in runs}) < 2:
         return None
     from matplotlib.ticker import NullLocator
 
-    unit, scale = size_unit([1 << 40], units)  # the family's large unit, whatever the peaks
     width = 11.0
     fig, ax = plt().subplots(figsize=(width, 6.0), layout="constrained")
     for i, (name, pts) in enumerate(sorted(_series(runs, scale).items())):

@@ -10,7 +10,7 @@ from ngl_profile.schema.categories import CATEGORIES
 from ngl_profile.schema.results import RunResult
 from ngl_profile.zoo.gpus import GB, GiB, MB, MiB
 
-__all__ = ["SHORT", "UNITS", "check_units", "human_bytes", "unit_note", "size_unit", "summary_rows",
+__all__ = ["SHORT", "UNITS", "check_units", "human_bytes", "unit_note", "large_unit", "size_unit", "summary_rows",
            "summary_columns", "row_state", "rich_summary", "markdown_table", "provenance_line", "unit_for",
            "title_line", "recipe_note", "checkpointing_note", "rank_of", "code_paths", "fit_table"]
 
@@ -46,6 +46,11 @@ def human_bytes(n: float, units: str = "GiB", decimals: int | None = None) -> st
             d = decimals if decimals is not None else 2 if abs(v) < 100 else 1 if abs(v) < 1000 else 0
             return f"{v:,.{d}f} {unit}"
     return f"{n:,.0f} B"
+
+
+def large_unit(units: str = "GiB") -> tuple[str, int]:
+    """("GiB", 2³⁰) or ("GB", 10⁹): the family's large unit, for axes that span decades (log scale)."""
+    return _FAMILY[check_units(units)][0]
 
 
 def size_unit(values, units: str = "GiB") -> tuple[str, int]:
