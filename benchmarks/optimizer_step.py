@@ -1,7 +1,7 @@
 """Steady-state optimizer step time, ratios measured side by side in one process.
 
     python benchmarks/optimizer_step.py [--model llama-60m] [--rank 128] [--rounds 7] [--steps 5]
-                                        [--kernels auto|compiled|eager|each]
+                                        [--kernels auto|native|compiled|eager|each]
 
 Every optimizer gets its own copy of the model's block matrices (llama-60m: 56 matrices), the same
 gradients, and is timed for `--steps` steps per round; rounds alternate between optimizers so drift
@@ -17,7 +17,7 @@ line below the table says how close to galore-torch any GaLore step could come; 
 window rows below the table isolate what the window costs: (s = 10 step) − (s = 0 step) in the
 same round, against two reads of the window at the read rate measured at the start of that round
 (a noisy machine's drift cancels in the pair); medians and interquartile ranges over the rounds. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
-them once per choice (compiled, eager, auto) side by side, so a run shows which the chooser
+them once per choice (native, compiled, eager, auto) side by side, so a run shows which the chooser
 (ngl_profile/optim/choice.py: each optimizer times its own steps, before the timed rounds) picked
 and whether it was the faster.
 """
@@ -32,7 +32,7 @@ import time
 import torch
 
 from ngl_profile.zoo.models import get_model
-from ngl_profile.optim import NaturalGaLoreAdamW, choice, natural
+from ngl_profile.optim import NaturalGaLoreAdamW, choice, native, natural
 
 
 def block_shapes(model: str) -> list[tuple[int, int]]:
@@ -98,8 +98,9 @@ def candidates(rank: int, gap: int, modes: tuple[str, ...]):
 
 
 def compile_kernels(device) -> None:
-    """Compile our window kernels (kernels.py) once up front, so no timed step includes it: one
-    window per storage dtype, large enough for the kernels to be used."""
+    """Compile our window kernels (kernels.py) and build window.c (native.py) once up front, so no
+    timed step includes it: one window per storage dtype, large enough for the kernels to be used."""
+    native.available()
     for storage in natural.HISTORY_DTYPES:
         state = {}
         natural.init_window(state, 1 << 15, 4, storage, device)
@@ -212,7 +213,7 @@ def main() -> None:
         opt.step()  # warm-up: allocates state, and for the low-rank ones runs every SVD
         sync(device)
         first = time.perf_counter() - t0
-        for _ in range(10 + 2 * (choice.TRIALS + 1)):  # fills the s = 10 windows, then the chooser's trial steps
+        for _ in range(10 + len(choice.candidates(device)) * (choice.TRIALS + 1)):  # fill s = 10, then the trials
             opt.step()
         runs[name] = {"opt": opt, "first": first, "times": [], "mode": mode}
         # as it goes: where a run is cut short (a device machine's time limit), what was ready shows
@@ -253,7 +254,7 @@ def main() -> None:
         vs_mm = "n/a" if name == "adamw" else f"{t / mm:.2f}"
         print(f"{name:<32}{t * 1e3:>9.2f}{floor * 1e3:>10.2f}{t / floor:>9.2f}{vs_mm:>11}{vs_gt:>16}"
               f"{t / med['adamw']:>9.3f}{runs[name]['first']:>14.3f}")
-    print("first step: every SVD and the state allocation (the compiled kernels were compiled before)")
+    print("first step: every SVD and the state allocation (the window kernels were compiled and built before)")
     q1, _, q3 = statistics.quantiles(matmul_times, n=4) if len(matmul_times) > 1 else (mm,) * 3
     print(f"× matmuls: against the GaLore rows' two matmuls per matrix alone, {mm * 1e3:.2f} ms "
           f"(IQR {q1 * 1e3:.2f}–{q3 * 1e3:.2f}), timed in every round (projection, then back-projection "
@@ -279,8 +280,8 @@ def main() -> None:
     picked = {n: r["opt"].kernel_choice for n, r in runs.items()
               if r["mode"] == "auto" and hasattr(r["opt"], "kernel_choice")}
     if picked:
-        print("\nkernel choices of the auto rows (each optimizer times its own steps, all-compiled vs "
-              "all-eager window passes, median of the trial steps; choice.py):")
+        print(f"\nkernel choices of the auto rows (each optimizer times its own steps with each of "
+              f"{', '.join(choice.candidates(device))} window passes, median of the trial steps; choice.py):")
         for name, c in picked.items():
             timed = ", ".join(f"{m} {sec * 1e3:.1f} ms" for m, sec in c["median_step_s"].items())
             print(f"  {name:<32}→ {str(c['choice']):<9} ({timed})")

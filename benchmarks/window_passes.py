@@ -8,8 +8,10 @@ timed back to back over all of them, as a step runs them (together they outgrow 
 passes phased (all Gram rows, then all g̃) and paired (each window's two passes back to back: the
 second reads it from the cache), one call per window; then the same windows packed into arenas by
 shape, as the optimizer keeps them (natural.init_windows), each pass one call per arena (`arena
-…` rows; g̃ in batches of natural._COMBINE_BYTES, as the step makes them). Medians and minima
-of `--rounds` rounds.
+…` rows; g̃ in batches of natural._COMBINE_BYTES, as the step makes them). Every pass twice: by
+the compiled kernels (inductor) and, where window.c builds, by the native ones (`native …` rows,
+optim/native.py). Rounds cycle through every row, so drift hits all alike; medians and minima of
+`--rounds` rounds.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import time
 import torch
 
 from ngl_profile.optim import kernels, natural
+from ngl_profile.optim import native as native_kernels
 from ngl_profile.zoo.models import get_model
 
 
@@ -50,23 +53,6 @@ def main() -> None:
         for x in windows:
             x.sum()
 
-    def gram():
-        for x in windows:
-            kernels.gram_row(x, None, x[0], None)
-
-    def combine():
-        for x in windows:
-            kernels.combine(x, None, w, torch.float32)
-
-    def phased():
-        gram()
-        combine()
-
-    def paired():
-        for x in windows:
-            kernels.gram_row(x, None, x[0], None)
-            kernels.combine(x, None, w, torch.float32)
-
     by_k: dict[int, list[torch.Tensor]] = {}
     for x in windows:
         by_k.setdefault(x.shape[1], []).append(x)
@@ -77,22 +63,48 @@ def main() -> None:
         for a in arenas:
             a.sum()
 
-    def arena_gram():
-        for a in arenas:
-            kernels.gram_rows(a, None, a[:, 0], None)
+    def passes(native: bool) -> dict:
+        """The passes by one implementation: native (window.c) or compiled (inductor)."""
+        def gram():
+            for x in windows:
+                kernels.gram_row(x, None, x[0], None, native)
 
-    def arena_combine():
-        for a, wa in zip(arenas, weights):
-            per = max(1, natural._COMBINE_BYTES // (a.shape[2] * 4))
-            for lo in range(0, a.shape[0], per):
-                kernels.combine_rows(a[lo:lo + per], None, wa[lo:lo + per], torch.float32)
+        def combine():
+            for x in windows:
+                kernels.combine(x, None, w, torch.float32, native)
 
-    def arena_phased():
-        arena_gram()
-        arena_combine()
+        def paired():
+            for x in windows:
+                kernels.gram_row(x, None, x[0], None, native)
+                kernels.combine(x, None, w, torch.float32, native)
 
-    runs = {f.__name__.replace("_", " "): f for f in (read, gram, combine, phased, paired, arena_read,
-                                                       arena_gram, arena_combine, arena_phased)}
+        def arena_gram():
+            for a in arenas:
+                kernels.gram_rows(a, None, a[:, 0], None, native)
+
+        def arena_combine():
+            for a, wa in zip(arenas, weights):
+                per = max(1, natural._COMBINE_BYTES // (a.shape[2] * 4))
+                for lo in range(0, a.shape[0], per):
+                    kernels.combine_rows(a[lo:lo + per], None, wa[lo:lo + per], torch.float32, native)
+
+        def phased():
+            gram()
+            combine()
+
+        def arena_phased():
+            arena_gram()
+            arena_combine()
+
+        tag = "native " if native else ""
+        return {tag + f.__name__.replace("_", " "): f
+                for f in (gram, combine, phased, paired, arena_gram, arena_combine, arena_phased)}
+
+    runs = {"read": read, "arena read": arena_read, **passes(False)}
+    if native_kernels.available():
+        runs.update(passes(True))
+    else:
+        print("window.c is not built here (see the warning): no native rows", file=sys.stderr)
     for f in runs.values():
         f()  # compiles the kernels, faults the pages in
     times = {name: [] for name in runs}
@@ -105,11 +117,11 @@ def main() -> None:
     read_s = statistics.median(times["read"])
     print(f"{args.model}: {len(windows)} windows, s = {args.s}, rank {args.rank}, float32, {nbytes / 1e6:.0f} MB; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds")
-    print(f"{'pass':<15}{'median ms':>11}{'min ms':>9}{'× read':>9}")
+    print(f"{'pass':<22}{'median ms':>11}{'min ms':>9}{'× read':>9}")
     for name, ts in times.items():
         med = statistics.median(ts)
         reads = 2 if name.endswith(("phased", "paired")) else 1
-        print(f"{name:<15}{med * 1e3:>11.2f}{min(ts) * 1e3:>9.2f}{med / (reads * read_s):>9.2f}")
+        print(f"{name:<22}{med * 1e3:>11.2f}{min(ts) * 1e3:>9.2f}{med / (reads * read_s):>9.2f}")
     print(f"× read: against one plain read of every window, one call per window ({read_s * 1e3:.2f} ms; "
           f"two for phased and paired)")
 

@@ -36,6 +36,7 @@ from typing import Callable
 
 import torch
 
+from ngl_profile.optim import native as native_kernels
 from ngl_profile.optim.values import has_values, outside_dispatch_modes
 
 __all__ = ["MIN_ELEMENTS", "usable", "gram_rows", "combine_rows", "gram_row", "combine"]
@@ -139,41 +140,47 @@ def _run(name: str, device: torch.device, *args) -> bool:
     return True
 
 
-def _call(name: str, cols: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, *args) -> torch.Tensor | None:
+_NATIVE = {"gram_row": native_kernels.gram_rows, "gram_row_1": native_kernels.gram_rows,
+           "combine": native_kernels.combine_rows, "combine_1": native_kernels.combine_rows}
+
+
+def _call(name: str, cols: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, native: bool,
+          *args) -> torch.Tensor | None:
     """Allocate the output eagerly (where the tracker and estimator see it) and run kernel `name`
-    into it; None if the kernels are not `usable` for `cols` or cannot be compiled here."""
+    into it: window.c's (native.py) if `native` and it takes the case, else the compiled one; None
+    if the kernels are not `usable` for `cols` or cannot be compiled here."""
     if not usable(cols):
         return None
     out = torch.empty(shape, dtype=dtype, device=cols.device)
-    if not has_values(out) or _run(name, cols.device, *args, out):
+    if not has_values(out) or (native and _NATIVE[name](*args, out)) or _run(name, cols.device, *args, out):
         return out
     return None
 
 
 def gram_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
-              g_scale: torch.Tensor | None) -> torch.Tensor | None:
+              g_scale: torch.Tensor | None, native: bool = False) -> torch.Tensor | None:
     """float64 P×s [⟨c_j, g_p⟩ for every row c_j of window p] of an arena `cols` (P×s×k; g: P×k;
     scales P×s and P, int8 storage only), or None if the kernel is not `usable` for it or cannot
-    be compiled here: the caller computes it eagerly."""
-    return _call("gram_row", cols, cols.shape[:2], torch.float64, cols, col_scale, g, g_scale)
+    be compiled here: the caller computes it eagerly. native: window.c's kernel where it runs."""
+    return _call("gram_row", cols, cols.shape[:2], torch.float64, native, cols, col_scale, g, g_scale)
 
 
 def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
-                 dtype: torch.dtype) -> torch.Tensor | None:
+                 dtype: torch.dtype, native: bool = False) -> torch.Tensor | None:
     """P×k: Σ_j w_pj c_pj for every window p of an arena `cols` (P×s×k, dequantized by col_scale;
     w: float64 P×s), summed in float64 and rounded once to `dtype`; None if not `usable` or not
     compilable here. Rows with w_pj = 0 add exactly 0 (stored values are finite). Allocates only
-    the P×k output."""
-    return _call("combine", cols, (cols.shape[0], cols.shape[2]), dtype, cols, col_scale, w)
+    the P×k output. native: window.c's kernel where it runs."""
+    return _call("combine", cols, (cols.shape[0], cols.shape[2]), dtype, native, cols, col_scale, w)
 
 
 def gram_row(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
-             g_scale: torch.Tensor | None) -> torch.Tensor | None:
+             g_scale: torch.Tensor | None, native: bool = False) -> torch.Tensor | None:
     """`gram_rows` for one s×k window: float64, length s (None: compute it eagerly)."""
-    return _call("gram_row_1", cols, cols.shape[:1], torch.float64, cols, col_scale, g, g_scale)
+    return _call("gram_row_1", cols, cols.shape[:1], torch.float64, native, cols, col_scale, g, g_scale)
 
 
 def combine(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor,
-            dtype: torch.dtype) -> torch.Tensor | None:
+            dtype: torch.dtype, native: bool = False) -> torch.Tensor | None:
     """`combine_rows` for one s×k window (w: float64, length s): length k (None: eagerly)."""
-    return _call("combine_1", cols, cols.shape[1:], dtype, cols, col_scale, w)
+    return _call("combine_1", cols, cols.shape[1:], dtype, native, cols, col_scale, w)

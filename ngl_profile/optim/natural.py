@@ -20,9 +20,9 @@ one row/column per step (s·k work instead of s²·k), and G is a preallocated r
 torch.stack of the history every step, as the official code does); the windows of one shape are
 slices of one arena (`init_windows`). A step is `store` (g_t into its slot) for every matrix, then
 `update_grams` (the new Gram rows), one batched `weights` for all of them, then `combine_all`
-(g̃ = G w); each of the two passes runs over a whole arena at once as a compiled kernel
-(kernels.py), or one window at a time eagerly, whichever made the optimizer's steps faster on this
-machine (choice.py times both). `push` and `combine` are the same passes for one window.
+(g̃ = G w); each of the two passes runs over a whole arena at once as a native kernel (window.c,
+native.py) or a compiled one (kernels.py), or one window at a time eagerly, whichever made the
+optimizer's steps faster on this machine (choice.py times them). `push` and `combine` are the same passes for one window.
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
 category is declared in STATE_CATEGORIES, next to `init_windows`, which creates them):
@@ -194,10 +194,10 @@ def _gram_update(state: dict, slot: int, n: int, compiled: bool | str = False, s
     """
     buf, scale = state["history"], state.get("history_scale")
 
-    def fused():  # one pass over the window, no float64 copy of it (kernels.py; None: not here)
+    def fused(native: bool):  # one pass over the window, no float64 copy of it (kernels.py; None: not here)
         # the whole buffer, not its n filled rows: one compiled kernel per window shape, not
         # one per fill level; unfilled rows are never read back (the Gram matrix uses [:n])
-        row = kernels.gram_row(buf, scale, buf[slot], None if scale is None else scale[slot])
+        row = kernels.gram_row(buf, scale, buf[slot], None if scale is None else scale[slot], native)
         return None if row is None else row[:n]
 
     row = choice.run(buf, compiled, fused, lambda: _gram_row_eager(state, slot, n))
@@ -283,10 +283,11 @@ def _sibling(states: list[dict], members: dict[int, int], key: str, P: int) -> t
 
 class Plan(NamedTuple):
     """How one step's windows are passed over: `batches` of (arena, {arena index: state index},
-    Gram arena, scale arena or None, whether its members want one g̃ dtype), one batched pass each
-    (g̃ only where that dtype is one); `rest`, one pass per window, in index order, sharded windows
-    last (their reductions must run in the same order on every rank)."""
-    batches: list[tuple[torch.Tensor, dict[int, int], torch.Tensor, torch.Tensor | None, bool]]
+    Gram arena, scale arena or None, whether the native kernel is asked for (choice.kernel),
+    whether its members want one g̃ dtype), one batched pass each (g̃ only where that dtype is
+    one); `rest`, one pass per window, in index order, sharded windows last (their reductions must
+    run in the same order on every rank)."""
+    batches: list[tuple[torch.Tensor, dict[int, int], torch.Tensor, torch.Tensor | None, bool, bool]]
     rest: list[int]
 
 
@@ -307,9 +308,10 @@ def plan(states: list[dict], compiled: list[bool | str], dtypes: list[torch.dtyp
         gram = _sibling(states, members, "gram", P)
         scale = _sibling(states, members, "history_scale", P) if int8 else None
         one_dtype = dtypes is None or len({dtypes[i] for i in members.values()}) == 1
+        which = choice.kernel(base, compiled[first])
         if (len({compiled[i] for i in members.values()}) == 1 and gram is not None
-                and (scale is not None or not int8) and choice.wants_compiled(base, compiled[first])):
-            batches.append((base, members, gram, scale, one_dtype))
+                and (scale is not None or not int8) and which != "eager"):
+            batches.append((base, members, gram, scale, which == "native", one_dtype))
         else:
             rest.extend(members.values())
     return Plan(batches, sorted(rest) + [i for i in range(len(states)) if shards[i] is not None])
@@ -321,7 +323,7 @@ def update_grams(states: list[dict], compiled: list[bool | str], shards: list, h
     for the rest."""
     how = how or plan(states, compiled, shards=shards)
     rest = []
-    for base, members, gram, scale, _ in how.batches:
+    for base, members, gram, scale, native, _ in how.batches:
         P, s = base.shape[:2]
         slots = {j: (states[i]["history_head"] - 1) % s for j, i in members.items()}
         counts = {j: states[i]["history_count"] for j, i in members.items()}
@@ -332,7 +334,7 @@ def update_grams(states: list[dict], compiled: list[bool | str], shards: list, h
             at = [slots.get(j, 0) for j in range(P)]  # a window not stepped: any row, result dropped
             g = torch.stack([base[j, at[j]] for j in range(P)])
             g_scale = None if scale is None else torch.stack([scale[j, at[j]] for j in range(P)])
-        rows = kernels.gram_rows(base, scale, g, g_scale)
+        rows = kernels.gram_rows(base, scale, g, g_scale, native)
         del g
         if rows is None:
             rest.extend(members.values())
@@ -458,7 +460,7 @@ def combine(state: dict, w: torch.Tensor, compiled: bool | str = False,
     buf = state["history"]
     w64 = w.to(torch.float64)
     # the compiled kernel sums every slot (w = 0 for unfilled ones): one kernel per window shape
-    return choice.run(buf, compiled, lambda: kernels.combine(buf, state.get("history_scale"), w64, dtype),
+    return choice.run(buf, compiled, lambda native: kernels.combine(buf, state.get("history_scale"), w64, dtype, native),
                       lambda: _combine_eager(state, w64, dtype))
 
 
@@ -472,7 +474,7 @@ def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool 
     one buffer, made when the batch is reached: consume them before asking for the next."""
     how = how or plan(states, compiled, dtypes, shards)
     rest = []
-    for base, members, _, scale, one_dtype in how.batches:
+    for base, members, _, scale, native, one_dtype in how.batches:
         if not one_dtype:
             rest.extend(members.values())
             continue
@@ -486,7 +488,7 @@ def combine_all(states: list[dict], ws: list[torch.Tensor], compiled: list[bool 
             inside = [j for j in range(lo, hi) if j in members]
             if not inside:
                 continue
-            out = kernels.combine_rows(base[lo:hi], None if scale is None else scale[lo:hi], w[lo:hi], dtype)
+            out = kernels.combine_rows(base[lo:hi], None if scale is None else scale[lo:hi], w[lo:hi], dtype, native)
             if out is None:  # not compilable here, or this batch below kernels.MIN_ELEMENTS: eager
                 rest.extend(members[j] for j in range(lo, P) if j in members)
                 break

@@ -72,8 +72,8 @@ _STATE_CATEGORIES = {"step": "moments", "nonfinite_skips": "moments",  # ints: A
 
 
 def _kernels(group: dict) -> bool | str:
-    # compile=True: the compiled or the eager window passes, whichever made this optimizer's steps
-    # faster (choice.py; NGL_PROFILE_KERNELS forces one); False: eager
+    # compile=True: the native, compiled or eager window passes, whichever made this optimizer's
+    # steps fastest (choice.py; NGL_PROFILE_KERNELS forces one); False: eager
     return "auto" if group["compile"] else False
 
 
@@ -155,7 +155,8 @@ class _NaturalGaLore(torch.optim.Optimizer):
 
     @property
     def kernel_choice(self) -> dict:
-        """{"choice": "compiled" | "eager" | None (not decided), "median_step_s": {mode: s}} (choice.py)."""
+        """{"choice": "native" | "compiled" | "eager" | None (not decided), "median_step_s": {mode: s}}
+        (choice.py)."""
         return self._chooser.summary()
 
     def _timeable(self, live) -> bool:

@@ -281,7 +281,7 @@ def code_path(name: str, hparams: dict, target: str = "cpu", precision: str = "b
     # a measured run's chooser (optim/choice.py, NGL_PROFILE_KERNELS) picks unless eager is faster
     kernels = ("eager kernels" if hparams.get("compile") is False
                else "window kernels assumed compiled" if estimated
-               else "window kernels chosen by timing (compiled or eager)")
+               else "window kernels chosen by timing (native, compiled or eager)")
     state = ", float32 moments" if fp32_state and "8bit" not in base else ""
     whole = ", one finiteness check per step" if target == "cuda" and not per_layer else ""
     return f"ngl_profile {base}, {kernels}{state}{whole}{per_layer}"

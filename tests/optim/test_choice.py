@@ -1,13 +1,13 @@
-"""The window kernels' chooser (choice.py): forced either way the same results within the stated
-rounding; each optimizer times its own whole steps, all-compiled against all-eager (alternated,
-warm-ups left out, the lower median kept); nothing timed under FakeTensorMode, under the memory
-tracker, for a partial window, or when the environment forces a mode."""
+"""The window kernels' chooser (choice.py): forced each way the same results within the stated
+rounding; each optimizer times its own whole steps, all-native, all-compiled and all-eager (in
+turn, warm-ups left out, the lowest median kept); nothing timed under FakeTensorMode, under the
+memory tracker, for a partial window, or when the environment forces a mode."""
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ngl_profile.measure.memory import MemoryTracker
-from ngl_profile.optim import NaturalGaLoreAdamW, choice, kernels, natural
+from ngl_profile.optim import NaturalGaLoreAdamW, choice, kernels, native, natural
 
 from . import reference as ref
 from .test_kernels import dequantized64, window
@@ -23,14 +23,16 @@ def fresh_environment(monkeypatch):
 
 
 def spy(monkeypatch):
-    """Counts calls of the compiled kernels, for one window or a batch of them (results unchanged)."""
-    calls = {"gram_row": 0, "combine": 0}
+    """Counts calls of the fused kernels (native or compiled), for one window or a batch of them
+    (results unchanged); calls["native"]: how many of them asked for the native kernel."""
+    calls = {"gram_row": 0, "combine": 0, "native": 0}
     for name, pass_ in (("gram_row", "gram_row"), ("gram_rows", "gram_row"), ("combine", "combine"),
                         ("combine_rows", "combine")):
         real = getattr(kernels, name)
 
         def counted(*a, _real=real, _pass=pass_):
             calls[_pass] += 1
+            calls["native"] += bool(a[-1])  # the last argument: native or not
             return _real(*a)
         monkeypatch.setattr(kernels, name, counted)
     return calls
@@ -54,15 +56,18 @@ def assert_exact(state, gram, got, w):
 
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
-@pytest.mark.parametrize("forced", ["compiled", "eager"])
+@pytest.mark.parametrize("forced", ["native", "compiled", "eager"])
 def test_forced_mode_runs_that_path_within_the_rounding(monkeypatch, storage, forced):
     state = window(storage)
     monkeypatch.setenv(choice.ENV, forced)
     calls = spy(monkeypatch)
-    with choice.stepping("eager" if forced == "compiled" else "compiled"):  # the environment wins
+    with choice.stepping("eager" if forced != "eager" else "compiled"):  # the environment wins
         assert_exact(state, *passes(state, "auto"))
     s = state["history"].shape[0]
-    assert calls == ({"gram_row": s, "combine": 1} if forced == "compiled" else {"gram_row": 0, "combine": 0})
+    fused = {"gram_row": s, "combine": 1}
+    expect = {"native": {**fused, "native": s + 1}, "compiled": {**fused, "native": 0},
+              "eager": {"gram_row": 0, "combine": 0, "native": 0}}[forced]
+    assert calls == expect
 
 
 @pytest.mark.parametrize("storage", ["float32", "bfloat16", "int8"])
@@ -71,14 +76,17 @@ def test_auto_takes_the_mode_of_the_step(monkeypatch, storage):
     s = state["history"].shape[0]
     calls = spy(monkeypatch)
     assert_exact(state, *passes(state, "auto"))  # no step deciding: compiled
-    assert calls == {"gram_row": s, "combine": 1}
+    assert calls == {"gram_row": s, "combine": 1, "native": 0}
     with choice.stepping("eager"):
         assert_exact(state, *passes(state, "auto"))
-        assert calls == {"gram_row": s, "combine": 1}
+        assert calls == {"gram_row": s, "combine": 1, "native": 0}
         passes(state, True)  # compiled=True asks for the compiled kernel whatever the step's mode
-        assert calls == {"gram_row": 2 * s, "combine": 2}
+        assert calls == {"gram_row": 2 * s, "combine": 2, "native": 0}
+    with choice.stepping("native"):
+        assert_exact(state, *passes(state, "auto"))
+        assert calls == {"gram_row": 3 * s, "combine": 3, "native": s + 1}
     passes(state, False)
-    assert calls == {"gram_row": 2 * s, "combine": 2}
+    assert calls == {"gram_row": 3 * s, "combine": 3, "native": s + 1}
 
 
 class Clock:
@@ -98,23 +106,34 @@ def run_steps(chooser, clock, cost: dict, n: int, timeable=True) -> list:
     return modes
 
 
-@pytest.mark.parametrize("faster", ["compiled", "eager"])
-def test_step_chooser_alternates_leaves_out_warm_ups_and_keeps_the_faster(faster):
+@pytest.mark.parametrize("candidates", [("native", "compiled", "eager"), ("compiled", "eager")])
+@pytest.mark.parametrize("pick", [0, 1, 2])
+def test_step_chooser_takes_turns_leaves_out_warm_ups_and_keeps_the_fastest(monkeypatch, candidates, pick):
+    faster = candidates[pick % len(candidates)]
+    monkeypatch.setattr(choice, "candidates", lambda device: candidates)  # native: built here or not
     chooser, clock = choice.StepChooser(), Clock()
     chooser.clock = clock
-    slower = "eager" if faster == "compiled" else "compiled"
+    n = len(candidates)
     # each mode's first (warm-up) step is slow enough to flip a choice that counted it
-    cost = {faster: 1.0, slower: 2.0}
-    first = {faster: 100.0, slower: 2.0}
+    cost = {m: 1.0 if m == faster else 2.0 + i for i, m in enumerate(candidates)}
+    first = {m: 100.0 if m == faster else 2.0 for m in candidates}
     modes = []
-    for i in range(2 * (choice.TRIALS + 1)):
+    for i in range(n * (choice.TRIALS + 1)):
         with chooser.step(True, CPU):
             modes.append(choice._stepping)
-            clock.now += (first if i < 2 else cost)[choice._stepping]
-    assert modes == ["compiled", "eager"] * (choice.TRIALS + 1)
+            clock.now += (first if i < n else cost)[choice._stepping]
+    assert modes == list(candidates) * (choice.TRIALS + 1)
     assert chooser.choice == faster
-    assert chooser.summary() == {"choice": faster, "median_step_s": {faster: 1.0, slower: 2.0}}
+    assert chooser.summary() == {"choice": faster, "median_step_s": cost}
     assert run_steps(chooser, clock, cost, 3) == [faster] * 3  # decided: no more trials
+
+
+def test_candidates_are_native_compiled_eager_on_a_cpu_where_window_c_builds(monkeypatch):
+    monkeypatch.setattr(native, "available", lambda: True)
+    assert choice.candidates(CPU) == ("native", "compiled", "eager")
+    assert choice.candidates(torch.device("cuda")) == ("compiled", "eager")
+    monkeypatch.setattr(native, "available", lambda: False)
+    assert choice.candidates(CPU) == ("compiled", "eager")
 
 
 def test_step_chooser_waits_for_a_timeable_step(monkeypatch):
@@ -148,12 +167,13 @@ def test_an_optimizer_times_its_steps_once_its_windows_are_full(monkeypatch):
         seen.append(timeable)
         return real(self, timeable, device)
     monkeypatch.setattr(choice.StepChooser, "step", watched)
-    for _ in range(3 + 2 * (choice.TRIALS + 1)):
+    modes = choice.candidates(CPU)
+    for _ in range(3 + len(modes) * (choice.TRIALS + 1)):
         step(ps, opt, gen)
     # steps 0–2 fill the windows (full before the push of step 3): not timed
-    assert seen == [False] * 3 + [True] * (2 * (choice.TRIALS + 1))
+    assert seen == [False] * 3 + [True] * (len(modes) * (choice.TRIALS + 1))
     summary = opt.kernel_choice
-    assert summary["choice"] in ("compiled", "eager") and set(summary["median_step_s"]) == {"compiled", "eager"}
+    assert summary["choice"] in modes and set(summary["median_step_s"]) == set(modes)
     _, eager_only = optimizer(compile=False)
     assert eager_only._timeable([(p, eager_only.param_groups[0]) for p in eager_only.param_groups[0]["params"]]) is False
 
@@ -172,7 +192,8 @@ def test_nothing_is_timed_in_a_tracked_step_or_an_estimate(monkeypatch):
         step(ps, opt, gen)
         tracker.end_step()
     assert opt.kernel_choice == {"choice": None, "median_step_s": {}}
-    assert calls == {"gram_row": 1, "combine": 1}  # compiled: one pass each over the arena of both windows
+    # compiled: one pass each over the arena of both windows
+    assert calls == {"gram_row": 1, "combine": 1, "native": 0}
     with FakeTensorMode():
         fake_ps, fake = optimizer(s=2)
         for _ in range(4):
@@ -195,7 +216,7 @@ def test_optimizer_forced_each_way_agrees(monkeypatch):
     gen = torch.Generator().manual_seed(4)
     grads = [torch.randn(40, 24, generator=gen) for _ in range(12)]
     results = []
-    for forced in ("compiled", "eager", "auto"):
+    for forced in ("native", "compiled", "eager", "auto"):
         monkeypatch.setenv(choice.ENV, forced)
         p = torch.nn.Parameter(torch.randn(40, 24, generator=torch.Generator().manual_seed(0)))
         opt = NaturalGaLoreAdamW([{"params": [p], "rank": 6, "history_size": 4}], lr=1e-2)
@@ -209,7 +230,7 @@ def test_optimizer_forced_each_way_agrees(monkeypatch):
 
 def test_bad_environment_value_is_one_line(monkeypatch):
     monkeypatch.setenv(choice.ENV, "fastest")
-    with pytest.raises(ValueError, match="NGL_PROFILE_KERNELS must be one of auto, compiled, eager; got 'fastest'"):
+    with pytest.raises(ValueError, match="NGL_PROFILE_KERNELS must be one of auto, native, compiled, eager; got 'fastest'"):
         choice.mode()
     monkeypatch.setenv(choice.ENV, "compiled")
     monkeypatch.setenv("NGL_PROFILE_COMPILE", "0")  # the older switch still wins: eager

@@ -1,0 +1,162 @@
+"""The window's two passes as plain C on a CPU (window.c), built here at first use and called by ctypes.
+
+Why: on an Intel Xeon (2 vCPUs, AVX-512) inductor's float64-widened passes (kernels.py) ran at
+~3× a plain read of the window: ATen's vector library converts float32 to float64 through a store,
+a scalar loop and a reload, so its loop is compute-bound there. window.c widens with the C
+compiler's own vector conversion and reads the window once per pass; over llama-60m's two arenas
+it took 1.10× (Gram rows) and 1.00× (g̃) a plain read on that machine, where the compiled
+passes took 3.0× and 3.5× (benchmarks/window_passes.py prints these rows). Which implementation
+runs is still measured, not assumed: the optimizers time their steps with each (choice.py).
+
+Built with the C compiler inductor would use on a CPU ($CC, else `cc`), `-O3 -march=native
+-fopenmp`, into a cache keyed by the source, the flags, the compiler and the CPU's flags
+($NGL_PROFILE_CACHE, else ~/.cache/ngl-profile), written atomically. Without a compiler, or if
+the build fails, one warning and `available()` is False: the optimizers use the other kernels.
+The library links the process's OpenMP runtime (libgomp, loaded by torch), as inductor's do.
+
+Results: the products of stored values are exact in float64 and summed in float64, so a Gram
+row agrees with the eager one to rounding (≤ 1e-13 relative, tested); g̃ is summed in float64 in
+slot order and rounded once (the (s+1)·2⁻⁵³ bound of natural.combine, tested); the order of every
+sum depends only on the shapes, not on the thread count. Memory: the caller allocates the outputs
+(where ngl-profile's tracker and estimator see them); the library mallocs P·⌈k/16384⌉·s doubles of
+partial sums (Gram) or P·s folded weights (g̃), as inductor's kernel keeps its own reduction buffer.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["available", "gram_rows", "combine_rows"]
+
+_SOURCE = Path(__file__).with_name("window.c")
+_FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+_STORAGE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+_OUT = {torch.float32: 0, torch.bfloat16: 1}
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("NGL_PROFILE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ngl-profile")
+    return Path(root) / "native"
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return os.uname().machine
+
+
+def _build() -> ctypes.CDLL:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (cc, gcc or $CC) on PATH")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(_FLAGS).encode(), version.encode(),
+                                     _cpu_flags().encode()])).hexdigest()[:20]
+    target = _cache_dir() / f"window-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run([cc, *_FLAGS, "-o", tmp, str(_SOURCE)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{Path(cc).name} failed: {(done.stderr.strip().splitlines() or ['?'])[0]}")
+            os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same bytes
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(target))
+    i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    lib.ngl_gram.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, ptr, c_int]
+    lib.ngl_combine.argtypes = [c_int, c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, c_int]
+    lib.ngl_gram.restype = lib.ngl_combine.restype = c_int
+    return lib
+
+
+def _library() -> ctypes.CDLL | None:
+    global _lib, _tried
+    if not _tried:
+        _tried = True
+        try:
+            _lib = _build()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+            warnings.warn(f"the native window kernels are not usable here ({str(e)[:200]}); "
+                          f"Natural GaLore uses its compiled or eager kernels", RuntimeWarning, stacklevel=3)
+    return _lib
+
+
+def available() -> bool:
+    """Whether the native kernels are built (building them at the first call) and loadable here."""
+    return _library() is not None
+
+
+def _rows_ok(*ts: torch.Tensor | None) -> bool:
+    return all(t is None or (t.device.type == "cpu" and (t.dim() == 0 or t.stride(-1) == 1)) for t in ts)
+
+
+def _outer(t: torch.Tensor | None, batched: bool) -> int:
+    """The stride between windows (0 for one window: no views are made, which the memory
+    tracker would see)."""
+    return 0 if t is None or not batched else t.stride(0)
+
+
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _check(code: int) -> None:
+    if code != 0:
+        raise MemoryError("the native window kernel could not allocate its partial sums")
+
+
+def _take(cols: torch.Tensor, col_scale: torch.Tensor | None, *rows: torch.Tensor | None) -> ctypes.CDLL | None:
+    """The library, if window.c takes this case (a CPU window of a storage dtype it has, rows of
+    stride 1, a scale exactly for int8), else None."""
+    lib = _library() if cols.device.type == "cpu" and cols.dtype in _STORAGE else None
+    if lib is None or (cols.dtype == torch.int8) != (col_scale is not None) or not _rows_ok(cols, col_scale, *rows):
+        return None
+    return lib
+
+
+def gram_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tensor,
+              g_scale: torch.Tensor | None, out: torch.Tensor) -> bool:
+    """kernels.gram_rows (cols P×s×k) or kernels.gram_row (s×k) into `out` (float64, contiguous);
+    False if window.c does not take this case or is not built here."""
+    lib = _take(cols, col_scale, g)  # g_scale: one value per window, at any stride
+    if (lib is None or g.dtype != cols.dtype or out.dtype != torch.float64 or not out.is_contiguous()
+            or (g_scale is not None and g_scale.device.type != "cpu")):
+        return False
+    batched = cols.dim() == 3
+    P, s, k = cols.shape if batched else (1, *cols.shape)
+    _check(lib.ngl_gram(_STORAGE[cols.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched), cols.stride(-2),
+                        g.data_ptr(), _outer(g, batched), _ptr(col_scale), _outer(col_scale, batched),
+                        _ptr(g_scale), _outer(g_scale, batched), out.data_ptr(), torch.get_num_threads()))
+    return True
+
+
+def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Tensor, out: torch.Tensor) -> bool:
+    """kernels.combine_rows (cols P×s×k, out P×k) or kernels.combine (s×k, out k) into `out`
+    (float32 or bfloat16); False if window.c does not take this case or is not built here."""
+    lib = _take(cols, col_scale, w, out)
+    if lib is None or out.dtype not in _OUT or w.dtype != torch.float64:
+        return False
+    batched = cols.dim() == 3
+    P, s, k = cols.shape if batched else (1, *cols.shape)
+    _check(lib.ngl_combine(_STORAGE[cols.dtype], _OUT[out.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched),
+                           cols.stride(-2), _ptr(col_scale), _outer(col_scale, batched), w.data_ptr(),
+                           _outer(w, batched), out.data_ptr(), _outer(out, batched), torch.get_num_threads()))
+    return True

@@ -1,0 +1,180 @@
+/* The Natural GaLore window's two passes on a CPU, as plain C (native.py builds and loads it).
+
+   Why not inductor's loop: ATen's vector library has no vectorised float -> double conversion
+   (at::vec::convert<double, 2, float, 1> falls back to a store, a scalar loop and a reload), so the
+   compiled passes spend several cycles per window element where a streaming read takes a fraction
+   of one. Here the conversion is the compiler's own vector conversion (GCC/Clang vector
+   extensions, built for the machine it runs on), and each pass reads the window once.
+
+   Both passes work on an arena of P windows (P x s x k, the slot index s in the middle; strides in
+   elements, the innermost one 1), split into tasks of one window's CHUNK consecutive elements,
+   spread over the threads. The order of every sum depends only on the shapes, never on the number
+   of threads, so a result is the same whatever the thread count.
+
+   gram:    out[p][j] = <c_pj, g_p> for every slot j: each product of two stored values is exact in
+            double (float32, bfloat16 and int8 values have at most 24 significant bits), summed in
+            double, in lanes of 8 per task, then the tasks in order.
+   combine: out[p][x] = sum_j w_pj c_pj[x], summed in double in slot order and rounded once to
+            the output type (float32 or bfloat16, round to nearest even). */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CHUNK 16384 /* elements of one window per task: 64 KiB of float32 per slot */
+
+typedef double vd __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(32)));
+typedef uint32_t vu __attribute__((vector_size(32)));
+typedef uint16_t vh __attribute__((vector_size(16)));
+typedef int8_t vb __attribute__((vector_size(8)));
+
+enum { F32 = 0, BF16 = 1, I8 = 2 };
+
+static inline vd load_f32(const void *p, int64_t i) {
+    vf x;
+    memcpy(&x, (const float *)p + i, sizeof x);
+    return __builtin_convertvector(x, vd);
+}
+static inline vd load_bf16(const void *p, int64_t i) {
+    vh x;
+    memcpy(&x, (const uint16_t *)p + i, sizeof x);
+    vu u = __builtin_convertvector(x, vu) << 16; /* a bfloat16 is the top half of a float32 */
+    vf f;
+    memcpy(&f, &u, sizeof f);
+    return __builtin_convertvector(f, vd);
+}
+static inline vd load_i8(const void *p, int64_t i) {
+    vb x;
+    memcpy(&x, (const int8_t *)p + i, sizeof x);
+    return __builtin_convertvector(x, vd);
+}
+static inline double one_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
+static inline double one_bf16(const void *p, int64_t i) {
+    uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline double one_i8(const void *p, int64_t i) { return ((const int8_t *)p)[i]; }
+
+static inline double hsum(vd v) {
+    double t = 0;
+    for (int l = 0; l < 8; l++) t += v[l];
+    return t;
+}
+
+static inline int64_t elem_bytes(int dtype) { return dtype == F32 ? 4 : dtype == BF16 ? 2 : 1; }
+
+/* rows c_j for j in [lo_j, lo_j + 4) (clamped to the last slot: a short group repeats it and
+   drops the result) against g over [lo, hi) */
+#define GRAM_TASK(NAME, LOAD, ONE)                                                              \
+    static void NAME(const char *w, int64_t ss, int64_t s, const char *g, int64_t lo,           \
+                     int64_t hi, int64_t eb, double *part) {                                     \
+        for (int64_t j0 = 0; j0 < s; j0 += 4) {                                                  \
+            const char *r[4];                                                                    \
+            for (int i = 0; i < 4; i++) r[i] = w + (j0 + i < s ? j0 + i : s - 1) * ss * eb;     \
+            vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
+            int64_t x = lo;                                                                      \
+            for (; x + 8 <= hi; x += 8) {                                                        \
+                vd gv = LOAD(g, x);                                                              \
+                a0 += LOAD(r[0], x) * gv;                                                        \
+                a1 += LOAD(r[1], x) * gv;                                                        \
+                a2 += LOAD(r[2], x) * gv;                                                        \
+                a3 += LOAD(r[3], x) * gv;                                                        \
+            }                                                                                    \
+            double t[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};                              \
+            for (; x < hi; x++) {                                                                \
+                double gx = ONE(g, x);                                                           \
+                for (int i = 0; i < 4; i++) t[i] += ONE(r[i], x) * gx;                           \
+            }                                                                                    \
+            for (int i = 0; i < 4 && j0 + i < s; i++) part[j0 + i] = t[i];                       \
+        }                                                                                        \
+    }
+GRAM_TASK(gram_f32, load_f32, one_f32)
+GRAM_TASK(gram_bf16, load_bf16, one_bf16)
+GRAM_TASK(gram_i8, load_i8, one_i8)
+
+/* Gram rows of P windows. cols: P x s x k (strides sp, ss); g: P x k (stride gp); int8 storage:
+   cscale P x s (stride csp) and gscale P (stride gsp) scale the integer dot products; out: P x s.
+   Returns 0, or -1 if the per-task partial sums could not be allocated. */
+int ngl_gram(int dtype, const void *cols, int64_t P, int64_t s, int64_t k, int64_t sp, int64_t ss,
+             const void *g, int64_t gp, const float *cscale, int64_t csp, const float *gscale,
+             int64_t gsp, double *out, int threads) {
+    int64_t nch = (k + CHUNK - 1) / CHUNK, tasks = P * nch, eb = elem_bytes(dtype);
+    double *part = malloc(sizeof(double) * (size_t)(tasks > 0 ? tasks : 1) * (size_t)s);
+    if (!part) return -1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t p = t / nch, lo = (t % nch) * CHUNK, hi = lo + CHUNK < k ? lo + CHUNK : k;
+        const char *w = (const char *)cols + p * sp * eb, *gv = (const char *)g + p * gp * eb;
+        double *pt = part + t * s;
+        if (dtype == F32) gram_f32(w, ss, s, gv, lo, hi, eb, pt);
+        else if (dtype == BF16) gram_bf16(w, ss, s, gv, lo, hi, eb, pt);
+        else gram_i8(w, ss, s, gv, lo, hi, eb, pt);
+    }
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t j = 0; j < s; j++) {
+            double t = 0;
+            for (int64_t c = 0; c < nch; c++) t += part[(p * nch + c) * s + j];
+            if (dtype == I8) t = t * (double)cscale[p * csp + j] * (double)gscale[p * gsp];
+            out[p * s + j] = t;
+        }
+    free(part);
+    return 0;
+}
+
+static inline uint16_t to_bf16(float f) { /* round to nearest even; the values are finite */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+#define COMBINE_TASK(NAME, LOAD, ONE)                                                           \
+    static void NAME(const char *w, int64_t ss, int64_t s, const double *wt, int64_t lo,        \
+                     int64_t hi, int64_t eb, int out_bf16, void *out) {                          \
+        int64_t x = lo;                                                                          \
+        for (; x + 8 <= hi; x += 8) {                                                            \
+            vd acc = LOAD(w, x) * wt[0];                                                         \
+            for (int64_t j = 1; j < s; j++) acc += LOAD(w + j * ss * eb, x) * wt[j];            \
+            vf f = __builtin_convertvector(acc, vf);                                             \
+            if (out_bf16)                                                                        \
+                for (int l = 0; l < 8; l++) ((uint16_t *)out)[x + l] = to_bf16(f[l]);            \
+            else                                                                                 \
+                memcpy((float *)out + x, &f, sizeof f);                                          \
+        }                                                                                        \
+        for (; x < hi; x++) {                                                                    \
+            double acc = ONE(w, x) * wt[0];                                                      \
+            for (int64_t j = 1; j < s; j++) acc += ONE(w + j * ss * eb, x) * wt[j];             \
+            if (out_bf16) ((uint16_t *)out)[x] = to_bf16((float)acc);                            \
+            else ((float *)out)[x] = (float)acc;                                                 \
+        }                                                                                        \
+    }
+COMBINE_TASK(combine_f32, load_f32, one_f32)
+COMBINE_TASK(combine_bf16, load_bf16, one_bf16)
+COMBINE_TASK(combine_i8, load_i8, one_i8)
+
+/* g~ of P windows: out[p] = sum_j w[p][j] c_pj (out P x k, stride op; float32, or bfloat16 if
+   out_bf16); w: P x s doubles (stride wp); int8 storage: cscale P x s (stride csp) is folded
+   into w. Returns 0, or -1 if the folded weights could not be allocated. */
+int ngl_combine(int dtype, int out_bf16, const void *cols, int64_t P, int64_t s, int64_t k,
+                int64_t sp, int64_t ss, const float *cscale, int64_t csp, const double *w,
+                int64_t wp, void *out, int64_t op, int threads) {
+    int64_t nch = (k + CHUNK - 1) / CHUNK, tasks = P * nch, eb = elem_bytes(dtype);
+    int64_t ob = out_bf16 ? 2 : 4;
+    double *wt = malloc(sizeof(double) * (size_t)(P > 0 ? P : 1) * (size_t)s);
+    if (!wt) return -1;
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t j = 0; j < s; j++)
+            wt[p * s + j] = dtype == I8 ? w[p * wp + j] * (double)cscale[p * csp + j] : w[p * wp + j];
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t t = 0; t < tasks; t++) {
+        int64_t p = t / nch, lo = (t % nch) * CHUNK, hi = lo + CHUNK < k ? lo + CHUNK : k;
+        const char *c = (const char *)cols + p * sp * eb;
+        void *o = (char *)out + p * op * ob;
+        if (dtype == F32) combine_f32(c, ss, s, wt + p * s, lo, hi, eb, out_bf16, o);
+        else if (dtype == BF16) combine_bf16(c, ss, s, wt + p * s, lo, hi, eb, out_bf16, o);
+        else combine_i8(c, ss, s, wt + p * s, lo, hi, eb, out_bf16, o);
+    }
+    free(wt);
+    return 0;
+}

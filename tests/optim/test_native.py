@@ -1,0 +1,184 @@
+"""The native window kernels (window.c, built by native.py) against float64 references, the
+compiled kernels and the eager code; their build, cache and fallback; what the tracker sees."""
+import warnings
+
+import pytest
+import torch
+
+from ngl_profile.measure.memory import MemoryTracker
+from ngl_profile.optim import NaturalGaLoreAdamW, choice, kernels, native, natural
+
+from . import reference as ref
+from .test_kernels import dequantized64, window
+
+STORAGES = ["float32", "bfloat16", "int8"]
+
+
+@pytest.fixture(autouse=True)
+def native_built(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)  # small windows here
+    monkeypatch.delenv(choice.ENV, raising=False)
+    monkeypatch.delenv("NGL_PROFILE_COMPILE", raising=False)
+    if not native.available():
+        pytest.skip("no C compiler here: the native kernels are not built (the fallback is tested below)")
+
+
+def arena(storage: str, P=3, s=6, k=5003, seed=0):
+    """P filled windows in one arena (k not a multiple of 8: the kernels' scalar tail runs)."""
+    gen = torch.Generator().manual_seed(seed)
+    states = [{} for _ in range(P)]
+    natural.init_windows(states, k, s, storage, torch.device("cpu"))
+    for i, st in enumerate(states):
+        base = torch.randn(k, generator=gen) * 10.0 ** i
+        for _ in range(s + 2):  # wraps around: the newest column is not in slot 0
+            natural.push(st, 1e3 * (base + 0.01 * torch.randn(k, generator=gen)), compiled=False)
+    at = natural._arena_slot(states[0]["history"])
+    scale = natural._arena_slot(states[0]["history_scale"])[0] if storage == "int8" else None
+    return states, at[0], scale
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+def test_gram_rows_are_float64_exact_products(storage):
+    states, cols, scale = arena(storage)
+    slot = 2
+    out = torch.empty(cols.shape[:2], dtype=torch.float64)
+    g_scale = None if scale is None else scale[:, slot]
+    assert native.gram_rows(cols, scale, cols[:, slot], g_scale, out)
+    for p, st in enumerate(states):
+        c = dequantized64(st)
+        expect = c @ c[slot]
+        assert ((out[p] - expect).abs() / expect.abs()).max() < 1e-13
+        one = torch.empty(cols.shape[1], dtype=torch.float64)  # one window: the same numbers
+        assert native.gram_rows(st["history"], st.get("history_scale"), st["history"][slot],
+                                None if scale is None else st["history_scale"][slot], one)
+        assert torch.equal(one, out[p])
+
+
+@pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_combine_is_within_the_float64_summation_bound(storage, dtype):
+    states, cols, scale = arena(storage)
+    P, s, k = cols.shape
+    w = torch.randn(P, s, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 1e3
+    w[:, 4:] = 0  # unfilled slots: their (finite) contents must add exactly 0
+    out = torch.empty(P, k, dtype=dtype)
+    assert native.combine_rows(cols, scale, w, out)
+    for p, st in enumerate(states):
+        # the int8 scale is folded into w_j (one rounding more): the bound's m counts all s rows + 1
+        ref.assert_within_summation_bound(out[p], dequantized64(st), w[p], dtype)
+        one = torch.empty(k, dtype=dtype)
+        assert native.combine_rows(st["history"], st.get("history_scale"), w[p], one)
+        assert torch.equal(one, out[p])
+
+
+def test_a_dependent_window_keeps_its_digits():
+    """Ten copies of one gradient: w ≈ ±1/λ cancels, g̃ = g/(λ + 10‖g‖²) (natural.py's docstring)."""
+    k, s, lam = 6000, 10, 1e-3
+    g = torch.randn(k, generator=torch.Generator().manual_seed(3))  # ‖g‖² ≈ 6e3: κ(S) ≈ 6e7
+    state = {}
+    natural.init_window(state, k, s, "float32", torch.device("cpu"))
+    for _ in range(s):
+        natural.push(state, g, compiled=False)
+    w = natural.weights([state], [lam])[0]
+    out = torch.empty(k)
+    assert native.combine_rows(state["history"], None, w, out)
+    g64 = g.double()
+    expect = g64 / (lam + s * g64.dot(g64))
+    assert ((out.double() - expect).abs().max() / expect.abs().max()) < 1e-6  # float32 rounding: 6e-8
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    _, cols, _ = arena("float32", P=2, k=3 * 16384 + 5)  # several tasks per window
+    w = torch.randn(2, cols.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            rows, out = torch.empty(2, cols.shape[1], dtype=torch.float64), torch.empty(2, cols.shape[2])
+            assert native.gram_rows(cols, None, cols[:, 1], None, rows) and native.combine_rows(cols, None, w, out)
+            got.append((rows, out))
+    finally:
+        torch.set_num_threads(threads)
+    for rows, out in got[1:]:
+        assert torch.equal(rows, got[0][0]) and torch.equal(out, got[0][1])
+
+
+def test_cases_window_c_lacks_are_refused():
+    _, cols, _ = arena("float32")
+    rows = torch.empty(cols.shape[:2], dtype=torch.float64)
+    assert not native.gram_rows(cols.transpose(1, 2).contiguous().transpose(1, 2), None, cols[:, 0], None, rows)
+    assert not native.gram_rows(cols.double(), None, cols[:, 0].double(), None, rows)
+    w = torch.ones(cols.shape[:2], dtype=torch.float64)
+    assert not native.combine_rows(cols, None, w, torch.empty(cols.shape[0], cols.shape[2], dtype=torch.float64))
+    assert not native.combine_rows(cols, None, w.float(), torch.empty(cols.shape[0], cols.shape[2]))
+    # refused by window.c: kernels.py runs the compiled kernel instead, with the same result
+    got = kernels.gram_rows(cols.double(), None, cols[:, 0].double(), None, native=True)
+    expect = kernels.gram_rows(cols.double(), None, cols[:, 0].double(), None)
+    assert got is not None and torch.equal(got, expect)
+
+
+@pytest.mark.parametrize("history_dtype", STORAGES)
+def test_optimizer_native_equals_eager(monkeypatch, history_dtype):
+    gen = torch.Generator().manual_seed(1)
+    grads = [[torch.randn(40, 24, generator=gen), torch.randn(24, 40, generator=gen)] for _ in range(9)]
+    calls = []
+    real = native.gram_rows
+    counted = lambda *a: calls.append(real(*a)) or calls[-1]  # noqa: E731 — records whether it ran
+    monkeypatch.setattr(kernels, "_NATIVE", {**kernels._NATIVE, "gram_row": counted, "gram_row_1": counted})
+    results = []
+    for forced in ("native", "eager"):
+        monkeypatch.setenv(choice.ENV, forced)
+        calls.clear()
+        init = torch.Generator().manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(40, 24, generator=init)),
+              torch.nn.Parameter(torch.randn(24, 40, generator=init))]
+        opt = NaturalGaLoreAdamW([{"params": ps, "rank": 6, "update_proj_gap": 4, "history_size": 4,
+                                   "history_dtype": history_dtype}], lr=1e-2, weight_decay=0.01)
+        for gs in grads:
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+            opt.step()
+        assert (bool(calls) and all(calls)) if forced == "native" else not calls
+        results.append([p.detach().clone() for p in ps])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_tracker_sees_only_the_outputs(monkeypatch):
+    monkeypatch.setenv(choice.ENV, "native")
+    state = window("float32", s=8, k=20000)
+    w = natural.weights([state], [1e-3])[0]
+    tracker = MemoryTracker(record_timeline=False)
+    with tracker:
+        tracker.start_step()
+        out = natural.combine(state, w, "auto")
+        tracker.end_step()
+    assert out.shape == (20000,)
+    assert 20000 * 4 <= tracker.snapshot().peak_bytes <= 20000 * 4 + 1024
+
+
+def test_build_is_cached_and_a_missing_compiler_is_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("NGL_PROFILE_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    assert native.available()
+    built = list((tmp_path / "native").glob("window-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_tried", False)
+    assert native.available() and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert list((tmp_path / "native").iterdir()) == built  # no temporary left behind
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("NGL_PROFILE_CACHE", str(tmp_path / "elsewhere"))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert not native.available() and not native.available()
+    msgs = [str(m.message) for m in caught if issubclass(m.category, RuntimeWarning)]
+    assert len(msgs) == 1 and "native window kernels are not usable here" in msgs[0]
+    assert choice.candidates(torch.device("cpu")) == ("compiled", "eager")
+    _, cols, _ = arena("float32")
+    assert not native.gram_rows(cols, None, cols[:, 0], None, torch.empty(cols.shape[:2], dtype=torch.float64))
