@@ -25,29 +25,48 @@
 typedef double vd __attribute__((vector_size(64)));
 typedef float vf __attribute__((vector_size(32)));
 typedef uint32_t vu __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
 typedef uint16_t vh __attribute__((vector_size(16)));
 typedef int8_t vb __attribute__((vector_size(8)));
 
 enum { F32 = 0, BF16 = 1, I8 = 2 };
 
-static inline vd load_f32(const void *p, int64_t i) {
+/* every storage type is made float32 first (exactly: bfloat16 is a float32's top half, int8 is
+   an integer of at most 7 bits), then double: each step one vector instruction */
+static inline vf f32_of_f32(const void *p, int64_t i) {
     vf x;
     memcpy(&x, (const float *)p + i, sizeof x);
-    return __builtin_convertvector(x, vd);
+    return x;
 }
-static inline vd load_bf16(const void *p, int64_t i) {
+#ifdef __AVX2__
+/* GCC 12 makes scalar code of the generic conversions below from 8-bit and 16-bit vectors */
+#include <immintrin.h>
+static inline vf f32_of_bf16(const void *p, int64_t i) {
+    __m256i u = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)p + i)));
+    return (vf)_mm256_castsi256_ps(_mm256_slli_epi32(u, 16));
+}
+static inline vf f32_of_i8(const void *p, int64_t i) {
+    __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)((const int8_t *)p + i)));
+    return (vf)_mm256_cvtepi32_ps(v);
+}
+#else
+static inline vf f32_of_bf16(const void *p, int64_t i) {
     vh x;
     memcpy(&x, (const uint16_t *)p + i, sizeof x);
-    vu u = __builtin_convertvector(x, vu) << 16; /* a bfloat16 is the top half of a float32 */
+    vu u = __builtin_convertvector(x, vu) << 16;
     vf f;
     memcpy(&f, &u, sizeof f);
-    return __builtin_convertvector(f, vd);
+    return f;
 }
-static inline vd load_i8(const void *p, int64_t i) {
+static inline vf f32_of_i8(const void *p, int64_t i) {
     vb x;
     memcpy(&x, (const int8_t *)p + i, sizeof x);
-    return __builtin_convertvector(x, vd);
+    return __builtin_convertvector(__builtin_convertvector(x, vi), vf);
 }
+#endif
+static inline vd load_f32(const void *p, int64_t i) { return __builtin_convertvector(f32_of_f32(p, i), vd); }
+static inline vd load_bf16(const void *p, int64_t i) { return __builtin_convertvector(f32_of_bf16(p, i), vd); }
+static inline vd load_i8(const void *p, int64_t i) { return __builtin_convertvector(f32_of_i8(p, i), vd); }
 static inline double one_f32(const void *p, int64_t i) { return ((const float *)p)[i]; }
 static inline double one_bf16(const void *p, int64_t i) {
     uint32_t u = (uint32_t)((const uint16_t *)p)[i] << 16;
