@@ -1,4 +1,5 @@
-"""Single-pass kernels for the Natural GaLore window, made by torch.compile when it works here.
+"""Single-pass kernels for the Natural GaLore window: made by torch.compile when it works here, or
+window.c's (native.py) on a CPU where the step chooser found those faster.
 
 The window is the step's largest memory traffic (s×k per matrix, read twice per step). Eagerly,
 both passes convert the window to float64 (slice by slice, a copy twice the slice's size) before
@@ -9,8 +10,11 @@ relative, tested); g̃ = G·w is summed in float64 per element (natural.combine 
 registers, and written once in the requested dtype. Measured on 2 cores (llama-60m matrices,
 rank 128, fp32; s = 10 step minus s = 0 step, two runs each, g̃ then summed in float32): the
 window's part of the step went from 44–55 ms eager to 23–27 ms compiled (AMD EPYC); on an Intel
-Xeon of the same size compiled was the slower (issue 15), so the optimizers do not assume either:
-each times its own steps both ways and keeps the faster (choice.py).
+Xeon of the same size compiled was the slower (issue 15): inductor's float32 → float64 conversion
+goes through ATen's vector library, which has no vectorised form of it (native.py says more). So
+the optimizers assume none of the three: each times its own steps with each and keeps the
+fastest (choice.py); `native=True` asks a call for window.c's kernel, which takes over wherever
+it handles the case (a CPU tensor of a storage dtype it has), else this module's compiled one.
 Each kernel takes an arena of P windows of one shape (P×s×k, natural.init_windows) and runs as
 one call over all of them: called once per window, a call's ~35–50 µs of Dynamo and wrapper
 overhead and the restart of its s + 1 memory streams made the two passes over llama-60m's 56

@@ -22,7 +22,8 @@ slices of one arena (`init_windows`). A step is `store` (g_t into its slot) for 
 `update_grams` (the new Gram rows), one batched `weights` for all of them, then `combine_all`
 (g̃ = G w); each of the two passes runs over a whole arena at once as a native kernel (window.c,
 native.py) or a compiled one (kernels.py), or one window at a time eagerly, whichever made the
-optimizer's steps faster on this machine (choice.py times them). `push` and `combine` are the same passes for one window.
+optimizer's steps faster on this machine (choice.py times them). `push` and `combine` are the same
+passes for one window.
 
 State keys (all tensors or ints, so `torch.load(weights_only=True)` reloads them; their memory
 category is declared in STATE_CATEGORIES, next to `init_windows`, which creates them):
