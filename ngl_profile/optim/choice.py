@@ -98,11 +98,13 @@ def kernel(window: torch.Tensor, request: bool | str) -> str:
     all three. "native" means window.c's kernel where it takes the case (kernels.py falls back to
     the compiled one)."""
     forced = mode()
-    if not request or forced == "eager" or not kernels.usable(window):
+    if not request or forced == "eager":
         return "eager"
     if forced != "auto":
-        return forced
-    return _stepping if request == "auto" and _stepping is not None else "compiled"
+        which = forced
+    else:
+        which = _stepping if request == "auto" and _stepping is not None else "compiled"
+    return which if kernels.usable(window, native=which == "native") else "eager"
 
 
 def wants_compiled(window: torch.Tensor, request: bool | str) -> bool:

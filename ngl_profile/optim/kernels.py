@@ -58,11 +58,12 @@ _failed: set[str] = set()  # device types where compiling failed once: eager fro
 MIN_ELEMENTS = 1 << 17
 
 
-def usable(window: torch.Tensor) -> bool:
+def usable(window: torch.Tensor, native: bool = False) -> bool:
     """Whether the kernels run for this window: large enough, not switched off by the environment,
-    and compiling has not failed on its device type."""
+    and (for the compiled ones, not `native`: window.c does not need inductor) compiling has not
+    failed on its device type."""
     return (window.numel() >= MIN_ELEMENTS and os.environ.get(_ENV, "1") != "0"
-            and window.device.type not in _failed)
+            and (native or window.device.type not in _failed))
 
 
 def _gram_row_kernel(cols, col_scale, g, g_scale, out):
@@ -153,10 +154,12 @@ def _call(name: str, cols: torch.Tensor, shape: tuple[int, ...], dtype: torch.dt
     """Allocate the output eagerly (where the tracker and estimator see it) and run kernel `name`
     into it: window.c's (native.py) if `native` and it takes the case, else the compiled one; None
     if the kernels are not `usable` for `cols` or cannot be compiled here."""
-    if not usable(cols):
+    if not usable(cols, native):
         return None
     out = torch.empty(shape, dtype=dtype, device=cols.device)
-    if not has_values(out) or (native and _NATIVE[name](*args, out)) or _run(name, cols.device, *args, out):
+    if not has_values(out) or (native and _NATIVE[name](*args, out)):
+        return out
+    if cols.device.type not in _failed and _run(name, cols.device, *args, out):
         return out
     return None
 

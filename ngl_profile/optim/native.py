@@ -27,8 +27,10 @@ import ctypes
 import hashlib
 import os
 import shutil
+import platform
 import subprocess
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -42,6 +44,7 @@ _STORAGE = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _OUT = {torch.float32: 0, torch.bfloat16: 1}
 _lib: ctypes.CDLL | None = None
 _tried = False
+_lock = threading.Lock()  # one build per process, even when optimizers step in several threads
 
 
 def _cache_dir() -> Path:
@@ -51,11 +54,17 @@ def _cache_dir() -> Path:
 
 
 def _cpu_flags() -> str:
+    """What -march=native builds for: the machine, and the CPU's feature lines (x86 "flags", Arm
+    "Features") and model, so a cache shared between machines never loads another CPU's build."""
+    lines = []
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith("flags")), "")
+            for line in f:
+                if line.startswith(("flags", "Features", "model name", "CPU part")) and line not in lines:
+                    lines.append(line)
     except OSError:
-        return os.uname().machine
+        pass
+    return "".join([platform.machine(), platform.processor(), *lines])
 
 
 def _build() -> ctypes.CDLL:
@@ -89,13 +98,14 @@ def _build() -> ctypes.CDLL:
 
 def _library() -> ctypes.CDLL | None:
     global _lib, _tried
-    if not _tried:
-        _tried = True
-        try:
-            _lib = _build()
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-            warnings.warn(f"the native window kernels are not usable here ({str(e)[:200]}); "
-                          f"Natural GaLore uses its compiled or eager kernels", RuntimeWarning, stacklevel=3)
+    with _lock:
+        if not _tried:
+            try:
+                _lib = _build()
+            except Exception as e:  # noqa: BLE001 — any failure to build or load means: the other kernels
+                warnings.warn(f"the native window kernels are not usable here ({str(e)[:200]}); "
+                              f"Natural GaLore uses its compiled or eager kernels", RuntimeWarning, stacklevel=3)
+            _tried = True
     return _lib
 
 
@@ -125,9 +135,10 @@ def _check(code: int) -> None:
 
 def _take(cols: torch.Tensor, col_scale: torch.Tensor | None, *rows: torch.Tensor | None) -> ctypes.CDLL | None:
     """The library, if window.c takes this case (a CPU window of a storage dtype it has, rows of
-    stride 1, a scale exactly for int8), else None."""
+    stride 1, a float32 scale exactly for int8), else None."""
     lib = _library() if cols.device.type == "cpu" and cols.dtype in _STORAGE else None
-    if lib is None or (cols.dtype == torch.int8) != (col_scale is not None) or not _rows_ok(cols, col_scale, *rows):
+    if (lib is None or (cols.dtype == torch.int8) != (col_scale is not None)
+            or (col_scale is not None and col_scale.dtype != torch.float32) or not _rows_ok(cols, col_scale, *rows)):
         return None
     return lib
 
@@ -137,11 +148,12 @@ def gram_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tenso
     """kernels.gram_rows (cols P×s×k) or kernels.gram_row (s×k) into `out` (float64, contiguous);
     False if window.c does not take this case or is not built here."""
     lib = _take(cols, col_scale, g)  # g_scale: one value per window, at any stride
-    if (lib is None or g.dtype != cols.dtype or out.dtype != torch.float64 or not out.is_contiguous()
-            or (g_scale is not None and g_scale.device.type != "cpu")):
-        return False
     batched = cols.dim() == 3
     P, s, k = cols.shape if batched else (1, *cols.shape)
+    if (lib is None or g.dtype != cols.dtype or g.shape[-1] != k or out.dtype != torch.float64
+            or not out.is_contiguous() or out.numel() != P * s or (g_scale is None) != (col_scale is None)
+            or (g_scale is not None and (g_scale.device.type != "cpu" or g_scale.dtype != torch.float32))):
+        return False
     _check(lib.ngl_gram(_STORAGE[cols.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched), cols.stride(-2),
                         g.data_ptr(), _outer(g, batched), _ptr(col_scale), _outer(col_scale, batched),
                         _ptr(g_scale), _outer(g_scale, batched), out.data_ptr(), torch.get_num_threads()))
@@ -152,10 +164,11 @@ def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Te
     """kernels.combine_rows (cols P×s×k, out P×k) or kernels.combine (s×k, out k) into `out`
     (float32 or bfloat16); False if window.c does not take this case or is not built here."""
     lib = _take(cols, col_scale, w, out)
-    if lib is None or out.dtype not in _OUT or w.dtype != torch.float64:
-        return False
     batched = cols.dim() == 3
     P, s, k = cols.shape if batched else (1, *cols.shape)
+    if (lib is None or out.dtype not in _OUT or w.dtype != torch.float64 or w.shape[-1] != s
+            or out.shape[-1] != k or w.numel() != P * s or out.numel() != P * k):
+        return False
     _check(lib.ngl_combine(_STORAGE[cols.dtype], _OUT[out.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched),
                            cols.stride(-2), _ptr(col_scale), _outer(col_scale, batched), w.data_ptr(),
                            _outer(w, batched), out.data_ptr(), _outer(out, batched), torch.get_num_threads()))

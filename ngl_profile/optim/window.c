@@ -14,8 +14,9 @@
    gram:    out[p][j] = <c_pj, g_p> for every slot j: each product of two stored values is exact in
             double (float32, bfloat16 and int8 values have at most 24 significant bits), summed in
             double, in lanes of 8 per task, then the tasks in order.
-   combine: out[p][x] = sum_j w_pj c_pj[x], summed in double in slot order and rounded once to
-            the output type (float32 or bfloat16, round to nearest even). */
+   combine: out[p][x] = sum_j w_pj c_pj[x], summed in double in slot order and rounded to
+            float32 (to nearest even), then for a bfloat16 output to that (as torch rounds a
+            float64 to bfloat16: through float32). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -154,9 +155,10 @@ int ngl_gram(int dtype, const void *cols, int64_t P, int64_t s, int64_t k, int64
     return 0;
 }
 
-static inline uint16_t to_bf16(float f) { /* round to nearest even; the values are finite */
+static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch rounds float32 */
     uint32_t u;
     memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* a NaN stays one */
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 

@@ -15,12 +15,26 @@ STORAGES = ["float32", "bfloat16", "int8"]
 
 
 @pytest.fixture(autouse=True)
-def native_built(monkeypatch):
+def clean_environment(monkeypatch):
     monkeypatch.setattr(kernels, "MIN_ELEMENTS", 0)  # small windows here
     monkeypatch.delenv(choice.ENV, raising=False)
     monkeypatch.delenv("NGL_PROFILE_COMPILE", raising=False)
+
+
+@pytest.fixture
+def built():
     if not native.available():
-        pytest.skip("no C compiler here: the native kernels are not built (the fallback is tested below)")
+        pytest.skip("no C compiler here: the native kernels are not built (the fallback is tested apart)")
+
+
+def spy_native(monkeypatch) -> list[bool]:
+    """Records, for every pass that asked kernels.py for window.c's kernel, whether it ran."""
+    ran = []
+    patched = {}
+    for name, real in kernels._NATIVE.items():
+        patched[name] = lambda *a, _real=real: ran.append(_real(*a)) or ran[-1]
+    monkeypatch.setattr(kernels, "_NATIVE", patched)
+    return ran
 
 
 def arena(storage: str, P=3, s=6, k=5003, seed=0):
@@ -38,7 +52,7 @@ def arena(storage: str, P=3, s=6, k=5003, seed=0):
 
 
 @pytest.mark.parametrize("storage", STORAGES)
-def test_gram_rows_are_float64_exact_products(storage):
+def test_gram_rows_are_float64_exact_products(built, storage):
     states, cols, scale = arena(storage)
     slot = 2
     out = torch.empty(cols.shape[:2], dtype=torch.float64)
@@ -56,7 +70,7 @@ def test_gram_rows_are_float64_exact_products(storage):
 
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_combine_is_within_the_float64_summation_bound(storage, dtype):
+def test_combine_is_within_the_float64_summation_bound(built, storage, dtype):
     states, cols, scale = arena(storage)
     P, s, k = cols.shape
     w = torch.randn(P, s, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 1e3
@@ -71,7 +85,7 @@ def test_combine_is_within_the_float64_summation_bound(storage, dtype):
         assert torch.equal(one, out[p])
 
 
-def test_a_dependent_window_keeps_its_digits():
+def test_a_dependent_window_keeps_its_digits(built):
     """Ten copies of one gradient: w ≈ ±1/λ cancels, g̃ = g/(λ + 10‖g‖²) (natural.py's docstring)."""
     k, s, lam = 6000, 10, 1e-3
     g = torch.randn(k, generator=torch.Generator().manual_seed(3))  # ‖g‖² ≈ 6e3: κ(S) ≈ 6e7
@@ -87,7 +101,7 @@ def test_a_dependent_window_keeps_its_digits():
     assert ((out.double() - expect).abs().max() / expect.abs().max()) < 1e-6  # float32 rounding: 6e-8
 
 
-def test_results_do_not_depend_on_the_thread_count():
+def test_results_do_not_depend_on_the_thread_count(built):
     _, cols, _ = arena("float32", P=2, k=3 * 16384 + 5)  # several tasks per window
     w = torch.randn(2, cols.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     threads = torch.get_num_threads()
@@ -104,7 +118,7 @@ def test_results_do_not_depend_on_the_thread_count():
         assert torch.equal(rows, got[0][0]) and torch.equal(out, got[0][1])
 
 
-def test_cases_window_c_lacks_are_refused():
+def test_cases_window_c_lacks_are_refused(built):
     _, cols, _ = arena("float32")
     rows = torch.empty(cols.shape[:2], dtype=torch.float64)
     assert not native.gram_rows(cols.transpose(1, 2).contiguous().transpose(1, 2), None, cols[:, 0], None, rows)
@@ -119,13 +133,10 @@ def test_cases_window_c_lacks_are_refused():
 
 
 @pytest.mark.parametrize("history_dtype", STORAGES)
-def test_optimizer_native_equals_eager(monkeypatch, history_dtype):
+def test_optimizer_native_equals_eager(built, monkeypatch, history_dtype):
     gen = torch.Generator().manual_seed(1)
     grads = [[torch.randn(40, 24, generator=gen), torch.randn(24, 40, generator=gen)] for _ in range(9)]
-    calls = []
-    real = native.gram_rows
-    counted = lambda *a: calls.append(real(*a)) or calls[-1]  # noqa: E731 — records whether it ran
-    monkeypatch.setattr(kernels, "_NATIVE", {**kernels._NATIVE, "gram_row": counted, "gram_row_1": counted})
+    calls = spy_native(monkeypatch)  # both passes, batched or one window
     results = []
     for forced in ("native", "eager"):
         monkeypatch.setenv(choice.ENV, forced)
@@ -145,8 +156,9 @@ def test_optimizer_native_equals_eager(monkeypatch, history_dtype):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_tracker_sees_only_the_outputs(monkeypatch):
+def test_tracker_sees_only_the_outputs(built, monkeypatch):
     monkeypatch.setenv(choice.ENV, "native")
+    ran = spy_native(monkeypatch)
     state = window("float32", s=8, k=20000)
     w = natural.weights([state], [1e-3])[0]
     tracker = MemoryTracker(record_timeline=False)
@@ -154,26 +166,30 @@ def test_tracker_sees_only_the_outputs(monkeypatch):
         tracker.start_step()
         out = natural.combine(state, w, "auto")
         tracker.end_step()
-    assert out.shape == (20000,)
+    assert out.shape == (20000,) and ran == [True]
     assert 20000 * 4 <= tracker.snapshot().peak_bytes <= 20000 * 4 + 1024
 
 
-def test_build_is_cached_and_a_missing_compiler_is_one_warning(monkeypatch, tmp_path):
-    monkeypatch.setenv("NGL_PROFILE_CACHE", str(tmp_path))
+def fresh_build(monkeypatch, cache):
+    monkeypatch.setenv("NGL_PROFILE_CACHE", str(cache))
     monkeypatch.setattr(native, "_lib", None)
     monkeypatch.setattr(native, "_tried", False)
-    assert native.available()
-    built = list((tmp_path / "native").glob("window-*.so"))
-    assert len(built) == 1
-    stamp = built[0].stat().st_mtime_ns
-    monkeypatch.setattr(native, "_tried", False)
-    assert native.available() and built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert list((tmp_path / "native").iterdir()) == built  # no temporary left behind
 
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    monkeypatch.setenv("NGL_PROFILE_CACHE", str(tmp_path / "elsewhere"))
-    monkeypatch.setattr(native, "_lib", None)
+
+def test_build_is_cached(built, monkeypatch, tmp_path):
+    fresh_build(monkeypatch, tmp_path)
+    assert native.available()
+    made = list((tmp_path / "native").glob("window-*.so"))
+    assert len(made) == 1
+    stamp = made[0].stat().st_mtime_ns
     monkeypatch.setattr(native, "_tried", False)
+    assert native.available() and made[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert list((tmp_path / "native").iterdir()) == made  # no temporary left behind
+
+
+def test_no_compiler_is_one_warning_and_the_compiled_kernel(monkeypatch, tmp_path):
+    fresh_build(monkeypatch, tmp_path)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert not native.available() and not native.available()
@@ -182,3 +198,27 @@ def test_build_is_cached_and_a_missing_compiler_is_one_warning(monkeypatch, tmp_
     assert choice.candidates(torch.device("cpu")) == ("compiled", "eager")
     _, cols, _ = arena("float32")
     assert not native.gram_rows(cols, None, cols[:, 0], None, torch.empty(cols.shape[:2], dtype=torch.float64))
+    got = kernels.gram_rows(cols, None, cols[:, 0], None, native=True)  # asked for native: compiled runs
+    assert got is not None and torch.equal(got, kernels.gram_rows(cols, None, cols[:, 0], None))
+
+
+def test_native_runs_where_compiling_failed(built, monkeypatch):
+    """window.c needs no inductor: a failed torch.compile on this device leaves it usable."""
+    monkeypatch.setattr(kernels, "_failed", {"cpu"})
+    monkeypatch.setenv(choice.ENV, "native")
+    ran = spy_native(monkeypatch)
+    state = window("float32")
+    eager = state["gram"].clone()
+    natural._gram_update(state, 1, state["history_count"], "auto")
+    assert ran == [True]
+    torch.testing.assert_close(state["gram"], eager, rtol=1e-13, atol=0)
+    monkeypatch.setenv(choice.ENV, "compiled")
+    assert choice.kernel(state["history"], "auto") == "eager"  # the compiled kernel cannot run here
+
+
+def test_int8_scales_must_come_together(built):
+    _, cols, scale = arena("int8")
+    rows = torch.empty(cols.shape[:2], dtype=torch.float64)
+    assert not native.gram_rows(cols, scale, cols[:, 0], None, rows)  # would read a NULL g scale
+    assert not native.gram_rows(cols, scale.double(), cols[:, 0], scale[:, 0].double(), rows)
+    assert native.gram_rows(cols, scale, cols[:, 0], scale[:, 0], rows)
