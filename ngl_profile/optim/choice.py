@@ -53,8 +53,7 @@ import torch
 
 from ngl_profile.optim import kernels, native
 
-__all__ = ["MODES", "ENV", "TRIALS", "mode", "candidates", "kernel", "wants_compiled", "run", "StepChooser",
-           "stepping"]
+__all__ = ["MODES", "ENV", "TRIALS", "mode", "candidates", "kernel", "run", "StepChooser", "stepping"]
 
 MODES = ("auto", "native", "compiled", "eager")
 ENV = "NGL_PROFILE_KERNELS"
@@ -105,11 +104,6 @@ def kernel(window: torch.Tensor, request: bool | str) -> str:
     else:
         which = _stepping if request == "auto" and _stepping is not None else "compiled"
     return which if kernels.usable(window, native=which == "native") else "eager"
-
-
-def wants_compiled(window: torch.Tensor, request: bool | str) -> bool:
-    """Whether a pass over `window` takes a fused kernel (native or compiled), not the eager code."""
-    return kernel(window, request) != "eager"
 
 
 def run(window: torch.Tensor, request: bool | str, fused: Callable[[bool], torch.Tensor | None],
