@@ -98,6 +98,8 @@ def _build() -> ctypes.CDLL:
 
 def _library() -> ctypes.CDLL | None:
     global _lib, _tried
+    if _tried:  # every pass asks: no lock once the build is settled
+        return _lib
     with _lock:
         if not _tried:
             try:
