@@ -90,6 +90,23 @@ def test_nonfinite_gradient_is_skipped_and_counted(bad):
     assert all(torch.isfinite(p).all() for p in params)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bad,finite", [(None, True), (float("nan"), False), (float("inf"), False),
+                                        (float("-inf"), False)])
+def test_all_finite_reads_every_entry(dtype, bad, finite):
+    x = torch.randn(64, 33, generator=torch.Generator().manual_seed(5)).to(dtype)
+    if bad is not None:
+        x[40, 17] = bad  # one entry, away from the ends
+    assert natural.all_finite(x) is finite
+
+
+def test_all_finite_assumes_finite_without_values():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():  # the estimator's mode: no values to read, the normal path is taken
+        assert natural.all_finite(torch.empty(8, 8)) is True
+
+
 def test_cholesky_failure_raises_damping_instead_of_nan():
     state = {}
     natural.init_window(state, 8, 3, "float32", torch.device("cpu"))
