@@ -16,7 +16,10 @@ matmuls` compares them with those matmuls alone (`matmul_pass`, timed in every r
 line below the table says how close to galore-torch any GaLore step could come; the
 window rows below the table isolate what the window costs: (s = 10 step) − (s = 0 step) in the
 same round, against two reads of the window at the read rate measured at the start of that round
-(a noisy machine's drift cancels in the pair); medians and interquartile ranges over the rounds. `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
+(a noisy machine's drift cancels in the pair); medians and interquartile ranges over the rounds. Beside
+them, `× moved`: the window part against everything it cannot avoid moving, the two reads plus the
+new column written into the window and g̃ written and read (for llama-60m's fp32 window, 582 MB
+against the two reads' 506 MB; each byte counted once, so an allocating write's extra read is not). `--kernels` sets NGL_PROFILE_KERNELS for the windowed rows; `each` runs
 them once per choice (native, compiled, eager, auto) side by side, so a run shows which the chooser
 (ngl_profile/optim/choice.py: each optimizer times its own steps, before the timed rounds) picked
 and whether it was the faster.
@@ -123,27 +126,38 @@ def read_bandwidth(device, x: torch.Tensor | None = None, reads: int = 5) -> flo
     return x.numel() * x.element_size() / best
 
 
-def step_bytes(name: str, shapes, rank: int, itemsize: int) -> int:
-    """The bytes a step of row `name` must move at least. AdamW: p, m, v read and written, ∇ read.
-    GaLore: ∇ read by the projection, p read and written by the back-projection, and Adam on the
-    projected gradient (g, M, V in and out, N written and read); + for a window of s = 10: its two
-    reads (Gram row, G·w), the new column written, g̃ written and read."""
-    if name == "adamw":
-        return 7 * itemsize * sum(m * n for m, n in shapes)
-    total = 0
-    window_item = {"bf16": 2, "int8": 1}.get(next((t for t in ("bf16", "int8") if t in name), ""), 4)
-    for m, n in shapes:
-        k = min(m, rank) * n if m < n else m * min(n, rank)
-        total += 3 * m * n * itemsize + 8 * k * itemsize
-        if "natural" in name or "n-g" in name or "official" in name:
-            total += 10 * k * window_item * 2 + k * window_item + 2 * k * itemsize
-    return total
+def _low_ranks(shapes, rank: int):
+    """The projected gradient's length k of every matrix."""
+    return [min(m, rank) * n if m < n else m * min(n, rank) for m, n in shapes]
+
+
+def _window_item(name: str) -> int:
+    return {"bf16": 2, "int8": 1}.get(next((t for t in ("bf16", "int8") if t in name), ""), 4)
 
 
 def window_bytes(name: str, shapes, rank: int) -> int:
     """Two reads of the s = 10 window of row `name`: the window part's floor."""
-    window_item = {"bf16": 2, "int8": 1}.get(next((t for t in ("bf16", "int8") if t in name), ""), 4)
-    return sum(2 * 10 * (min(m, rank) * n if m < n else m * min(n, rank)) * window_item for m, n in shapes)
+    return sum(2 * 10 * k * _window_item(name) for k in _low_ranks(shapes, rank))
+
+
+def window_moved_bytes(name: str, shapes, rank: int, itemsize: int) -> int:
+    """What the window part must move besides those two reads, too: the new column written into
+    the window, and g̃ written (by G·w) and read (by Adam)."""
+    return window_bytes(name, shapes, rank) + sum(k * _window_item(name) + 2 * k * itemsize
+                                                  for k in _low_ranks(shapes, rank))
+
+
+def step_bytes(name: str, shapes, rank: int, itemsize: int) -> int:
+    """The bytes a step of row `name` must move at least. AdamW: p, m, v read and written, ∇ read.
+    GaLore: ∇ read by the projection, p read and written by the back-projection, and Adam on the
+    projected gradient (g, M, V in and out, N written and read); + for a window of s = 10: its two
+    reads (Gram row, G·w), the new column written, g̃ written and read (window_moved_bytes)."""
+    if name == "adamw":
+        return 7 * itemsize * sum(m * n for m, n in shapes)
+    total = sum(3 * m * n * itemsize + 8 * k * itemsize for (m, n), k in zip(shapes, _low_ranks(shapes, rank)))
+    if "natural" in name or "n-g" in name or "official" in name:
+        total += window_moved_bytes(name, shapes, rank, itemsize)
+    return total
 
 
 def matmul_pass(shapes, rank: int, device, dtype):
@@ -263,7 +277,7 @@ def main() -> None:
         print(f"a GaLore step cannot beat its matmuls: the lowest possible × galore-torch here is "
               f"{mm / med['galore-torch']:.3f}")
     print(f"\n{'window part (row − galore s=0)':<32}{'ms/step':>9}{'floor ms':>10}{'× floor':>9}"
-          f"{'IQR × floor':>15}")
+          f"{'IQR × floor':>15}{'× moved':>9}")
     base = runs["galore (ours, s=0)"]["times"]
     for name, run in runs.items():
         if name.startswith(("natural-galore (s=10)", "n-g")):
@@ -272,11 +286,15 @@ def main() -> None:
             ratios = sorted(part * bw / nbytes for part, bw in zip(parts, round_bandwidth))
             q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
             floor = nbytes / statistics.median(round_bandwidth)
+            moved = window_moved_bytes(name, shapes, args.rank, itemsize)
             print(f"{name:<32}{statistics.median(parts) * 1e3:>9.2f}{floor * 1e3:>10.2f}"
-                  f"{statistics.median(ratios):>9.2f}{f'{q1:.2f}–{q3:.2f}':>15}")
+                  f"{statistics.median(ratios):>9.2f}{f'{q1:.2f}–{q3:.2f}':>15}"
+                  f"{statistics.median(part * bw / moved for part, bw in zip(parts, round_bandwidth)):>9.2f}")
     print("window part: per round, the row's step minus galore s=0's step in the same round; its floor: two "
           "reads of the window (Gram row, then g̃ = G·w) at the read rate measured at the start of that round "
-          f"(median {statistics.median(round_bandwidth) / 1e9:.1f} GB/s); medians over the rounds")
+          f"(median {statistics.median(round_bandwidth) / 1e9:.1f} GB/s); medians over the rounds; × moved: "
+          "against the bytes the window part cannot avoid moving at that rate, the two reads plus the new "
+          "column written and g̃ written and read (writes counted once, as reads)")
     picked = {n: r["opt"].kernel_choice for n, r in runs.items()
               if r["mode"] == "auto" and hasattr(r["opt"], "kernel_choice")}
     if picked:
