@@ -17,9 +17,12 @@ The library links the process's OpenMP runtime (libgomp, loaded by torch), as in
 Results: the products of stored values are exact in float64 and summed in float64, so a Gram
 row agrees with the eager one to rounding (≤ 1e-13 relative, tested); g̃ is summed in float64 in
 slot order and rounded once (the (s+1)·2⁻⁵³ bound of natural.combine, tested); the order of every
-sum depends only on the shapes, not on the thread count. Memory: the caller allocates the outputs
-(where ngl-profile's tracker and estimator see them); the library mallocs P·⌈k/16384⌉·s doubles of
-partial sums (Gram) or P·s folded weights (g̃), as inductor's kernel keeps its own reduction buffer.
+sum depends only on the shapes, not on the thread count (an int8 Gram row is summed in integers:
+exact, so any order gives the same). An int8 window's new column (`quantize`) is the same bytes
+the torch ops of natural._store make. Memory: the caller allocates the outputs (where
+ngl-profile's tracker and estimator see them); the library mallocs P·⌈k/16384⌉·s doubles of
+partial sums (Gram; ⌈k/65536⌉ for int8) or P·s folded weights (g̃), as inductor's kernel keeps its
+own reduction buffer; `quantize` allocates nothing.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["available", "gram_rows", "combine_rows"]
+__all__ = ["available", "gram_rows", "combine_rows", "quantize"]
 
 _SOURCE = Path(__file__).with_name("window.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
@@ -92,7 +95,8 @@ def _build() -> ctypes.CDLL:
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.ngl_gram.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, ptr, c_int]
     lib.ngl_combine.argtypes = [c_int, c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, c_int]
-    lib.ngl_gram.restype = lib.ngl_combine.restype = c_int
+    lib.ngl_quantize.argtypes = [c_int, ptr, i64, ptr, ptr, c_int]
+    lib.ngl_gram.restype = lib.ngl_combine.restype = lib.ngl_quantize.restype = c_int
     return lib
 
 
@@ -175,3 +179,17 @@ def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Te
                            cols.stride(-2), _ptr(col_scale), _outer(col_scale, batched), w.data_ptr(),
                            _outer(w, batched), out.data_ptr(), _outer(out, batched), torch.get_num_threads()))
     return True
+
+
+def quantize(g: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) -> bool:
+    """An int8 window column from g (float32 or bfloat16, length k): `codes` (int8, length k) and
+    `scale` (a float32 element) exactly as natural._store's torch ops make them (window.c says how);
+    False, writing nothing, if window.c does not take this case or g is not finite (the caller's
+    torch ops then give torch's answer)."""
+    lib = _library() if g.device.type == "cpu" else None
+    if (lib is None or g.dtype not in (torch.float32, torch.bfloat16) or codes.dtype != torch.int8
+            or scale.dtype != torch.float32 or scale.numel() != 1 or g.dim() != 1 or codes.shape != g.shape
+            or not _rows_ok(g, codes) or codes.device.type != "cpu" or scale.device.type != "cpu"):
+        return False
+    return lib.ngl_quantize(_STORAGE[g.dtype], g.data_ptr(), g.numel(), codes.data_ptr(), scale.data_ptr(),
+                            torch.get_num_threads()) == 0

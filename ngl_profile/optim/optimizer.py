@@ -264,7 +264,7 @@ class _NaturalGaLore(torch.optim.Optimizer):
             # _make_windows sized it; re-made here only if that ever disagreed with g
             if "history" not in state or state["history"].shape[1] != g.numel():
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
-            natural.store(state, g.reshape(-1), sharded.context(p))
+            natural.store(state, g.reshape(-1), sharded.context(p), _kernels(group))
             return side, g.shape, g.dtype
         self._finish(p, group, g, side)
         return None

@@ -13,12 +13,17 @@
 
    gram:    out[p][j] = <c_pj, g_p> for every slot j: each product of two stored values is exact in
             double (float32, bfloat16 and int8 values have at most 24 significant bits), summed in
-            double, in lanes of 8 per task, then the tasks in order.
+            double, in lanes of 8 per task, then the tasks in order; int8 by int8 in integers,
+            exact, so the same numbers (gram_i8 says why).
+   quantize: one int8 column and its scale from a float32 or bfloat16 g, byte for byte as
+            natural._store's torch ops make them.
    combine: out[p][x] = sum_j w_pj c_pj[x], summed in double in slot order and rounded to
             float32 (to nearest even), then for a bfloat16 output to that (as torch rounds a
             float64 to bfloat16: through float32). */
 #include <stdint.h>
 #include <stdlib.h>
+#include <float.h>
+#include <math.h>
 #include <string.h>
 
 #define CHUNK 16384 /* elements of one window per task: 64 KiB of float32 per slot */
@@ -124,7 +129,76 @@ static inline int64_t elem_bytes(int dtype) { return dtype == F32 ? 4 : dtype ==
     }
 GRAM_TASK(gram_f32, load_f32, one_f32)
 GRAM_TASK(gram_bf16, load_bf16, one_bf16)
-GRAM_TASK(gram_i8, load_i8, one_i8)
+
+/* int8 rows against an int8 g, in integers: a product of two int8 is at most 128^2 = 2^14, so a
+   task's CHUNK = 2^14 of them sum to at most 2^28, exact in int32, and the double sums of those
+   are exact too: the same numbers as a double FMA per product, in a quarter of the instructions
+   (one 16-bit multiply-add makes two products). The double path was compute-bound here: 3.7x a
+   read of the int8 window (benchmarks/window_passes.py --storage int8, Intel Xeon 2 vCPUs). */
+#if defined(__AVX512BW__)
+#define I8_STEP 32
+typedef __m512i vacc;
+static inline vacc i8_dot(vacc a, const char *r, const char *g, int64_t x) {
+    __m512i c = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(r + x)));
+    __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(g + x)));
+    return _mm512_add_epi32(a, _mm512_madd_epi16(c, v));
+}
+static inline int64_t i8_sum(vacc a) { return _mm512_reduce_add_epi32(a); }
+#elif defined(__AVX2__)
+#define I8_STEP 16
+typedef __m256i vacc;
+static inline vacc i8_dot(vacc a, const char *r, const char *g, int64_t x) {
+    __m256i c = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(r + x)));
+    __m256i v = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(g + x)));
+    return _mm256_add_epi32(a, _mm256_madd_epi16(c, v));
+}
+static inline int64_t i8_sum(vacc a) {
+    int32_t l[8];
+    memcpy(l, &a, sizeof l);
+    int64_t t = 0;
+    for (int i = 0; i < 8; i++) t += l[i];
+    return t;
+}
+#else
+#define I8_STEP 8
+typedef int32_t vacc __attribute__((vector_size(32)));
+static inline vacc i8_dot(vacc a, const char *r, const char *g, int64_t x) {
+    vb c, v;
+    memcpy(&c, r + x, sizeof c);
+    memcpy(&v, g + x, sizeof v);
+    return a + __builtin_convertvector(c, vi) * __builtin_convertvector(v, vi);
+}
+static inline int64_t i8_sum(vacc a) {
+    int64_t t = 0;
+    for (int i = 0; i < 8; i++) t += a[i];
+    return t;
+}
+#endif
+static void gram_i8(const char *w, int64_t ss, int64_t s, const char *g, int64_t lo, int64_t hi,
+                    int64_t eb, double *part) {
+    (void)eb;
+    for (int64_t j0 = 0; j0 < s; j0 += 4) {
+        const char *r[4];
+        for (int i = 0; i < 4; i++) r[i] = w + (j0 + i < s ? j0 + i : s - 1) * ss;
+        int64_t t[4] = {0, 0, 0, 0};
+        for (int64_t b = lo; b < hi; b += CHUNK) { /* int32 lanes for CHUNK products at most */
+            int64_t end = b + CHUNK < hi ? b + CHUNK : hi, x = b;
+            vacc a0;
+            memset(&a0, 0, sizeof a0);
+            vacc a1 = a0, a2 = a0, a3 = a0;
+            for (; x + I8_STEP <= end; x += I8_STEP) {
+                a0 = i8_dot(a0, r[0], g, x);
+                a1 = i8_dot(a1, r[1], g, x);
+                a2 = i8_dot(a2, r[2], g, x);
+                a3 = i8_dot(a3, r[3], g, x);
+            }
+            t[0] += i8_sum(a0), t[1] += i8_sum(a1), t[2] += i8_sum(a2), t[3] += i8_sum(a3);
+            for (; x < end; x++)
+                for (int i = 0; i < 4; i++) t[i] += (int32_t)((const int8_t *)r[i])[x] * ((const int8_t *)g)[x];
+        }
+        for (int i = 0; i < 4 && j0 + i < s; i++) part[j0 + i] = (double)t[i];
+    }
+}
 
 /* Gram rows of P windows. cols: P x s x k (strides sp, ss); g: P x k (stride gp); int8 storage:
    cscale P x s (stride csp) and gscale P (stride gsp) scale the integer dot products; out: P x s.
@@ -132,12 +206,14 @@ GRAM_TASK(gram_i8, load_i8, one_i8)
 int ngl_gram(int dtype, const void *cols, int64_t P, int64_t s, int64_t k, int64_t sp, int64_t ss,
              const void *g, int64_t gp, const float *cscale, int64_t csp, const float *gscale,
              int64_t gsp, double *out, int threads) {
-    int64_t nch = (k + CHUNK - 1) / CHUNK, tasks = P * nch, eb = elem_bytes(dtype);
+    /* an int8 task spans as many bytes per slot as a float32 one: 16 KiB streams ran at half speed */
+    int64_t chunk = dtype == I8 ? 4 * CHUNK : CHUNK;
+    int64_t nch = (k + chunk - 1) / chunk, tasks = P * nch, eb = elem_bytes(dtype);
     double *part = malloc(sizeof(double) * (size_t)(tasks > 0 ? tasks : 1) * (size_t)s);
     if (!part) return -1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < tasks; t++) {
-        int64_t p = t / nch, lo = (t % nch) * CHUNK, hi = lo + CHUNK < k ? lo + CHUNK : k;
+        int64_t p = t / nch, lo = (t % nch) * chunk, hi = lo + chunk < k ? lo + chunk : k;
         const char *w = (const char *)cols + p * sp * eb, *gv = (const char *)g + p * gp * eb;
         double *pt = part + t * s;
         if (dtype == F32) gram_f32(w, ss, s, gv, lo, hi, eb, pt);
@@ -209,5 +285,38 @@ int ngl_combine(int dtype, int out_bf16, const void *cols, int64_t P, int64_t s,
         else combine_i8(c, ss, s, wt + p * s, lo, hi, eb, out_bf16, o);
     }
     free(wt);
+    return 0;
+}
+
+/* One int8 column of the window from a float32 or bfloat16 g of length k, as natural._store does it
+   with torch ops: scale = max(max|g|, FLT_MIN) / 127 in float32, code = g / scale rounded to
+   nearest even and clamped to +-127 (IEEE division and rounding: the same bytes). One read of g
+   for its absmax, one for the codes, where the torch ops make five passes and three temporaries.
+   Returns 0, or -1 without writing anything if g holds a NaN or an infinity. */
+static inline float g_at(int dtype, const void *g, int64_t i) {
+    if (dtype == F32) return ((const float *)g)[i];
+    uint32_t u = (uint32_t)((const uint16_t *)g)[i] << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+int ngl_quantize(int dtype, const void *g, int64_t k, int8_t *out, float *scale, int threads) {
+    float amax = 0;
+    int bad = 0;
+#pragma omp parallel for simd schedule(static) num_threads(threads) reduction(max : amax) reduction(| : bad)
+    for (int64_t i = 0; i < k; i++) {
+        float a = fabsf(g_at(dtype, g, i));
+        bad |= !(a <= FLT_MAX); /* NaN compares false */
+        amax = a > amax ? a : amax;
+    }
+    if (bad) return -1;
+    float sc = (amax > FLT_MIN ? amax : FLT_MIN) / 127.0f;
+#pragma omp parallel for simd schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < k; i++) {
+        float q = nearbyintf(g_at(dtype, g, i) / sc);
+        out[i] = (int8_t)(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q);
+    }
+    *scale = sc;
     return 0;
 }

@@ -1,5 +1,6 @@
 """The native window kernels (window.c, built by native.py) against float64 references, the
 compiled kernels and the eager code; their build, cache and fallback; what the tracker sees."""
+import platform
 import warnings
 
 import pytest
@@ -222,3 +223,113 @@ def test_int8_scales_must_come_together(built):
     assert not native.gram_rows(cols, scale, cols[:, 0], None, rows)  # would read a NULL g scale
     assert not native.gram_rows(cols, scale.double(), cols[:, 0], scale[:, 0].double(), rows)
     assert native.gram_rows(cols, scale, cols[:, 0], scale[:, 0], rows)
+
+
+def test_int8_gram_rows_are_the_exact_integer_dots(built):
+    """int8·int8 products summed in integers (int32 within a block, then exact doubles): the same
+    numbers as the exact dot of the codes, times the two scales, in that order."""
+    gen = torch.Generator().manual_seed(4)
+    P, s, k = 2, 5, 4 * 16384 * 2 + 37  # tasks of several int32 blocks, and a scalar tail
+    cols = torch.randint(-128, 128, (P, s, k), generator=gen, dtype=torch.int8)  # -128 too: the int32 bound
+    cols[0, :, :40000] = -128  # the largest products, many in one block
+    scale = torch.rand(P, s, generator=gen)
+    out = torch.empty(P, s, dtype=torch.float64)
+    assert native.gram_rows(cols, scale, cols[:, 1], scale[:, 1], out)
+    dots = (cols.long() * cols[:, 1:2].long()).sum(-1)  # int64: exact
+    expect = dots.double() * scale.double() * scale[:, 1:2].double()
+    assert torch.equal(out, expect)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_store_makes_the_same_bytes_as_the_torch_ops(built, dtype):
+    gen = torch.Generator().manual_seed(5)
+    cases = [torch.randn(100_003, generator=gen) * 3, torch.randn(7, generator=gen), torch.zeros(50)]
+    tie = torch.randn(5000, generator=gen)
+    tie[0], tie[1:7] = 127.0, torch.tensor([0.5, 1.5, -2.5, 2.5, -0.5, 126.5])  # scale 1: halves are ties
+    for g in [*cases, tie]:
+        g = g.to(dtype)
+        ops, ours = {}, {}
+        for st in (ops, ours):
+            natural.init_window(st, g.numel(), 3, "int8", torch.device("cpu"))
+        natural._store(ops, 1, g)  # compiled=False: the torch ops
+        assert native.quantize(g, ours["history"][1], ours["history_scale"][1])
+        assert torch.equal(ops["history"], ours["history"]) and torch.equal(ops["history_scale"], ours["history_scale"])
+
+
+def test_int8_store_of_a_non_finite_g_is_left_to_torch(built):
+    state = {}
+    natural.init_window(state, 64, 2, "int8", torch.device("cpu"))
+    before = (state["history"].clone(), state["history_scale"].clone())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        g = torch.ones(64)
+        g[9] = bad
+        assert not native.quantize(g, state["history"][0], state["history_scale"][0])
+        assert torch.equal(state["history"], before[0]) and torch.equal(state["history_scale"], before[1])
+
+
+def test_int8_store_is_native_only_where_the_passes_are_and_no_tracker_runs(built, monkeypatch):
+    calls = []
+    real = native.quantize
+    monkeypatch.setattr(native, "quantize", lambda *a: calls.append(real(*a)) or calls[-1])
+    g = torch.randn(20000, generator=torch.Generator().manual_seed(6))
+    state = {}
+    natural.init_window(state, g.numel(), 4, "int8", torch.device("cpu"))
+    monkeypatch.setenv(choice.ENV, "native")
+    natural.store(state, g, compiled=True)
+    assert calls == [True]
+    natural.store(state, g, compiled=False)  # an eager group
+    tracker = MemoryTracker(record_timeline=False)
+    with tracker:  # what a measured step allocates must be what an estimate counts: the torch ops
+        tracker.start_step()
+        natural.store(state, g, compiled=True)
+        tracker.end_step()
+    monkeypatch.setenv(choice.ENV, "eager")
+    natural.store(state, g, compiled=True)
+    assert calls == [True]
+    assert tracker.snapshot().peak_bytes >= g.numel() * 4  # the ops' g-sized temporaries
+    assert torch.equal(state["history"][0], state["history"][1])  # the same bytes every way
+    assert all(torch.equal(state["history"][0], state["history"][j]) for j in (2, 3))
+
+
+def _all_passes():
+    """Every entry point of window.c on small arenas of each storage: the Gram rows, g̃ (float32
+    and bfloat16) and an int8 column from a float32 and a bfloat16 g."""
+    got = {}
+    for storage in STORAGES:
+        states, cols, scale = arena(storage, k=3 * 16384 + 29)
+        rows = torch.empty(cols.shape[:2], dtype=torch.float64)
+        assert native.gram_rows(cols, scale, cols[:, 2], None if scale is None else scale[:, 2], rows)
+        w = torch.randn(cols.shape[:2], dtype=torch.float64, generator=torch.Generator().manual_seed(7))
+        for dtype in (torch.float32, torch.bfloat16):
+            out = torch.empty(cols.shape[0], cols.shape[2], dtype=dtype)
+            assert native.combine_rows(cols, scale, w, out)
+            got[storage, dtype] = (out, [dequantized64(st) for st in states], w)
+        got[storage] = rows
+    g = torch.randn(40_009, generator=torch.Generator().manual_seed(8)) * 5
+    for dtype in (torch.float32, torch.bfloat16):
+        codes, sc = torch.empty(g.numel(), dtype=torch.int8), torch.empty(1)
+        assert native.quantize(g.to(dtype), codes, sc)
+        got["quantize", dtype] = (codes, sc)
+    return got
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 instruction-set flags")
+@pytest.mark.parametrize("isa", [["-mno-avx512f"], ["-march=x86-64"]], ids=["avx2", "generic"])
+def test_instruction_set_fallbacks_give_the_same_numbers(built, monkeypatch, tmp_path, isa):
+    """window.c's AVX2 and plain-C branches (built here with AVX-512, or AVX2, turned off), against
+    the build this machine uses: Gram rows and int8 columns exact, so equal; g̃ within its bound
+    (without FMA a product is rounded apart from its sum)."""
+    base = _all_passes()
+    fresh_build(monkeypatch, tmp_path)
+    monkeypatch.setattr(native, "_FLAGS", [*native._FLAGS, *isa])
+    assert native.available()
+    other = _all_passes()
+    for key, value in base.items():
+        if isinstance(key, str):
+            assert torch.equal(other[key], value), key
+        elif key[0] == "quantize":
+            assert all(torch.equal(a, b) for a, b in zip(other[key], value)), key
+        else:
+            out, cols, w = other[key]
+            for p in range(out.shape[0]):
+                ref.assert_within_summation_bound(out[p], cols[p], w[p], key[1])
