@@ -238,6 +238,23 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch rou
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+/* to_bf16 of 8 lanes at once: the same integer rounding, lane by lane, then the low halves
+   (a lane-by-lane loop of to_bf16 made a bfloat16 g~ cost 1.8x a float32 one) */
+static inline void store_bf16(uint16_t *o, vf f) {
+    vu u;
+    memcpy(&u, &f, sizeof u);
+    vu nan = (vu)((u & 0x7fffffffu) > 0x7f800000u);
+    vu r = (((u + 0x7fffu + ((u >> 16) & 1u)) >> 16) & ~nan) | (((u >> 16) | 0x40u) & nan);
+#if defined(__AVX512VL__)
+    _mm_storeu_si128((__m128i *)o, _mm256_cvtepi32_epi16((__m256i)r));
+#elif defined(__AVX2__)
+    __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi32((__m256i)r, (__m256i)r), 0x08);
+    _mm_storeu_si128((__m128i *)o, _mm256_castsi256_si128(p));
+#else
+    for (int l = 0; l < 8; l++) o[l] = (uint16_t)r[l];
+#endif
+}
+
 #define COMBINE_TASK(NAME, LOAD, ONE)                                                           \
     static void NAME(const char *w, int64_t ss, int64_t s, const double *wt, int64_t lo,        \
                      int64_t hi, int64_t eb, int out_bf16, void *out) {                          \
@@ -247,7 +264,7 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch rou
             for (int64_t j = 1; j < s; j++) acc += LOAD(w + j * ss * eb, x) * wt[j];            \
             vf f = to_vf(acc);                                                                   \
             if (out_bf16)                                                                        \
-                for (int l = 0; l < 8; l++) ((uint16_t *)out)[x + l] = to_bf16(f[l]);            \
+                store_bf16((uint16_t *)out + x, f);                                              \
             else                                                                                 \
                 memcpy((float *)out + x, &f, sizeof f);                                          \
         }                                                                                        \
@@ -293,30 +310,33 @@ int ngl_combine(int dtype, int out_bf16, const void *cols, int64_t P, int64_t s,
    nearest even and clamped to +-127 (IEEE division and rounding: the same bytes). One read of g
    for its absmax, one for the codes, where the torch ops make five passes and three temporaries.
    Returns 0, or -1 without writing anything if g holds a NaN or an infinity. */
-static inline float g_at(int dtype, const void *g, int64_t i) {
-    if (dtype == F32) return ((const float *)g)[i];
-    uint32_t u = (uint32_t)((const uint16_t *)g)[i] << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
+static inline float f32_at(const void *g, int64_t i) { return ((const float *)g)[i]; }
+static inline float bf16_at(const void *g, int64_t i) { return (float)one_bf16(g, i); }
+
+/* one function per input type: a type test inside the loops kept GCC from vectorising them */
+#define QUANTIZE(NAME, AT)                                                                      \
+    static int NAME(const void *g, int64_t k, int8_t *out, float *scale, int threads) {         \
+        float amax = 0;                                                                          \
+        int bad = 0;                                                                             \
+        _Pragma("omp parallel for simd schedule(static) num_threads(threads) reduction(max : amax) reduction(| : bad)") \
+        for (int64_t i = 0; i < k; i++) {                                                        \
+            float a = fabsf(AT(g, i));                                                           \
+            bad |= !(a <= FLT_MAX); /* NaN compares false */                                     \
+            amax = a > amax ? a : amax;                                                          \
+        }                                                                                        \
+        if (bad) return -1;                                                                      \
+        float sc = (amax > FLT_MIN ? amax : FLT_MIN) / 127.0f;                                   \
+        _Pragma("omp parallel for simd schedule(static) num_threads(threads)")                   \
+        for (int64_t i = 0; i < k; i++) {                                                        \
+            float q = nearbyintf(AT(g, i) / sc);                                                 \
+            out[i] = (int8_t)(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q);                  \
+        }                                                                                        \
+        *scale = sc;                                                                             \
+        return 0;                                                                                \
+    }
+QUANTIZE(quantize_f32, f32_at)
+QUANTIZE(quantize_bf16, bf16_at)
 
 int ngl_quantize(int dtype, const void *g, int64_t k, int8_t *out, float *scale, int threads) {
-    float amax = 0;
-    int bad = 0;
-#pragma omp parallel for simd schedule(static) num_threads(threads) reduction(max : amax) reduction(| : bad)
-    for (int64_t i = 0; i < k; i++) {
-        float a = fabsf(g_at(dtype, g, i));
-        bad |= !(a <= FLT_MAX); /* NaN compares false */
-        amax = a > amax ? a : amax;
-    }
-    if (bad) return -1;
-    float sc = (amax > FLT_MIN ? amax : FLT_MIN) / 127.0f;
-#pragma omp parallel for simd schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < k; i++) {
-        float q = nearbyintf(g_at(dtype, g, i) / sc);
-        out[i] = (int8_t)(q > 127.0f ? 127.0f : q < -127.0f ? -127.0f : q);
-    }
-    *scale = sc;
-    return 0;
+    return dtype == F32 ? quantize_f32(g, k, out, scale, threads) : quantize_bf16(g, k, out, scale, threads);
 }

@@ -324,6 +324,7 @@ def test_instruction_set_fallbacks_give_the_same_numbers(built, monkeypatch, tmp
     monkeypatch.setattr(native, "_FLAGS", [*native._FLAGS, *isa])
     assert native.available()
     other = _all_passes()
+    assert _bf16_rounding_matches_torch()
     for key, value in base.items():
         if isinstance(key, str):
             assert torch.equal(other[key], value), key
@@ -333,3 +334,22 @@ def test_instruction_set_fallbacks_give_the_same_numbers(built, monkeypatch, tmp
             out, cols, w = other[key]
             for p in range(out.shape[0]):
                 ref.assert_within_summation_bound(out[p], cols[p], w[p], key[1])
+
+
+def _bf16_rounding_matches_torch() -> bool:
+    """window.c rounds g̃ to bfloat16 through float32 with its own integer rounding, 8 lanes at a
+    time: against torch's own float32 → bfloat16 conversion on ties, subnormals, the largest
+    finite floats (they round to inf) and random values, in the vector lanes and the scalar tail."""
+    gen = torch.Generator().manual_seed(9)
+    special = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 2**-130, -3 * 2**-140, 1e-45,
+                            3.4028235e38, -3.4028235e38, 0.0, -0.0, 65504.0, 2**-126], dtype=torch.float32)
+    c = torch.cat([special, torch.randn(997, generator=gen) * 10.0 ** torch.randint(-30, 30, (997,), generator=gen)])
+    window = c.view(1, -1).contiguous()  # s = 1: g̃ = 1·c exactly, so only the rounding is tested
+    w = torch.ones(1, dtype=torch.float64)
+    f32, bf16 = torch.empty(c.numel()), torch.empty(c.numel(), dtype=torch.bfloat16)
+    assert native.combine_rows(window, None, w, f32) and native.combine_rows(window, None, w, bf16)
+    return torch.equal(f32, c) and torch.equal(bf16.view(torch.int16), c.to(torch.bfloat16).view(torch.int16))
+
+
+def test_bfloat16_g_tilde_is_torchs_rounding_of_the_float32_one(built):
+    assert _bf16_rounding_matches_torch()
