@@ -3,8 +3,9 @@
 The two passes over a Natural GaLore window (the Gram row, g̃ = G·w) have three implementations:
 native (window.c, built here by native.py: one read of the window, float64 in registers; CPU
 only), compiled (kernels.py: the same passes made by inductor) and eager (natural.py: float64
-slices, then a mat-vec). Which is fastest depends on the machine, not on the code: on an AMD EPYC
-(2 cores) the compiled pair took the window part of a llama-60m step from 44–55 ms to 23–27 ms;
+slices, then a mat-vec); in native mode window.c also quantizes an int8 window's new column
+(natural._store: the same bytes as the torch ops). Which is fastest depends on the machine, not
+on the code: on an AMD EPYC (2 cores) the compiled pair took the window part of a llama-60m step from 44–55 ms to 23–27 ms;
 on an Intel Xeon of the same size it was slower than eager (75 vs 58 ms, issue 15), because
 inductor's float32 → float64 conversion is not vectorised there, which window.c's is. So none is
 assumed. All give the same results within the rounding their docstrings state (≤ 1e-13 relative
