@@ -238,7 +238,8 @@ static inline uint16_t to_bf16(float f) { /* round to nearest even, as torch rou
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* to_bf16 of 8 lanes at once: the same integer rounding, lane by lane, then the low halves
+/* to_bf16 of 8 lanes at once: the same integer rounding (torch's for every value but a NaN, which
+   stays a NaN: torch's own NaN bits differ between its scalar and vector paths), then the low halves
    (a lane-by-lane loop of to_bf16 made a bfloat16 g~ cost 1.8x a float32 one) */
 static inline void store_bf16(uint16_t *o, vf f) {
     vu u;
@@ -325,7 +326,8 @@ static inline float bf16_at(const void *g, int64_t i) { return (float)one_bf16(g
             amax = a > amax ? a : amax;                                                          \
         }                                                                                        \
         if (bad) return -1;                                                                      \
-        float sc = (amax > FLT_MIN ? amax : FLT_MIN) / 127.0f;                                   \
+        volatile float tiny = FLT_MIN; /* divided at run time, as torch does: under flush-to-zero */ \
+        float sc = (amax > tiny ? amax : tiny) / 127.0f; /* FLT_MIN/127 is then 0 there too */    \
         _Pragma("omp parallel for simd schedule(static) num_threads(threads)")                   \
         for (int64_t i = 0; i < k; i++) {                                                        \
             float q = nearbyintf(AT(g, i) / sc);                                                 \
