@@ -21,8 +21,8 @@ sum depends only on the shapes, not on the thread count (an int8 Gram row is sum
 exact, so any order gives the same). An int8 window's new column (`quantize`) is the same bytes
 the torch ops of natural._store make. Memory: the caller allocates the outputs (where
 ngl-profile's tracker and estimator see them); the library mallocs P·⌈k/16384⌉·s doubles of
-partial sums (Gram; ⌈k/65536⌉ for int8) or P·s folded weights (g̃), as inductor's kernel keeps its
-own reduction buffer; `quantize` allocates nothing.
+partial sums (Gram) or P·s folded weights (g̃), as inductor's kernel keeps its own reduction
+buffer; `quantize` allocates nothing.
 """
 from __future__ import annotations
 

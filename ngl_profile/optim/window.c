@@ -131,7 +131,7 @@ GRAM_TASK(gram_f32, load_f32, one_f32)
 GRAM_TASK(gram_bf16, load_bf16, one_bf16)
 
 /* int8 rows against an int8 g, in integers: a product of two int8 is at most 128^2 = 2^14, so a
-   task's CHUNK = 2^14 of them sum to at most 2^28, exact in int32, and the double sums of those
+   task's CHUNK = 2^14 of them (ngl_gram's tasks) sum to at most 2^28, exact in int32, and the double sums of those
    are exact too: the same numbers as a double FMA per product, in a quarter of the instructions
    (one 16-bit multiply-add makes two products). The double path was compute-bound here: 3.7x a
    read of the int8 window (benchmarks/window_passes.py --storage int8, Intel Xeon 2 vCPUs). */
@@ -180,22 +180,19 @@ static void gram_i8(const char *w, int64_t ss, int64_t s, const char *g, int64_t
     for (int64_t j0 = 0; j0 < s; j0 += 4) {
         const char *r[4];
         for (int i = 0; i < 4; i++) r[i] = w + (j0 + i < s ? j0 + i : s - 1) * ss;
-        int64_t t[4] = {0, 0, 0, 0};
-        for (int64_t b = lo; b < hi; b += CHUNK) { /* int32 lanes for CHUNK products at most */
-            int64_t end = b + CHUNK < hi ? b + CHUNK : hi, x = b;
-            vacc a0;
-            memset(&a0, 0, sizeof a0);
-            vacc a1 = a0, a2 = a0, a3 = a0;
-            for (; x + I8_STEP <= end; x += I8_STEP) {
-                a0 = i8_dot(a0, r[0], g, x);
-                a1 = i8_dot(a1, r[1], g, x);
-                a2 = i8_dot(a2, r[2], g, x);
-                a3 = i8_dot(a3, r[3], g, x);
-            }
-            t[0] += i8_sum(a0), t[1] += i8_sum(a1), t[2] += i8_sum(a2), t[3] += i8_sum(a3);
-            for (; x < end; x++)
-                for (int i = 0; i < 4; i++) t[i] += (int32_t)((const int8_t *)r[i])[x] * ((const int8_t *)g)[x];
+        vacc a0;
+        memset(&a0, 0, sizeof a0);
+        vacc a1 = a0, a2 = a0, a3 = a0;
+        int64_t x = lo;
+        for (; x + I8_STEP <= hi; x += I8_STEP) {
+            a0 = i8_dot(a0, r[0], g, x);
+            a1 = i8_dot(a1, r[1], g, x);
+            a2 = i8_dot(a2, r[2], g, x);
+            a3 = i8_dot(a3, r[3], g, x);
         }
+        int64_t t[4] = {i8_sum(a0), i8_sum(a1), i8_sum(a2), i8_sum(a3)};
+        for (; x < hi; x++)
+            for (int i = 0; i < 4; i++) t[i] += (int32_t)((const int8_t *)r[i])[x] * ((const int8_t *)g)[x];
         for (int i = 0; i < 4 && j0 + i < s; i++) part[j0 + i] = (double)t[i];
     }
 }
@@ -206,14 +203,12 @@ static void gram_i8(const char *w, int64_t ss, int64_t s, const char *g, int64_t
 int ngl_gram(int dtype, const void *cols, int64_t P, int64_t s, int64_t k, int64_t sp, int64_t ss,
              const void *g, int64_t gp, const float *cscale, int64_t csp, const float *gscale,
              int64_t gsp, double *out, int threads) {
-    /* an int8 task spans as many bytes per slot as a float32 one: 16 KiB streams ran at half speed */
-    int64_t chunk = dtype == I8 ? 4 * CHUNK : CHUNK;
-    int64_t nch = (k + chunk - 1) / chunk, tasks = P * nch, eb = elem_bytes(dtype);
+    int64_t nch = (k + CHUNK - 1) / CHUNK, tasks = P * nch, eb = elem_bytes(dtype);
     double *part = malloc(sizeof(double) * (size_t)(tasks > 0 ? tasks : 1) * (size_t)s);
     if (!part) return -1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t t = 0; t < tasks; t++) {
-        int64_t p = t / nch, lo = (t % nch) * chunk, hi = lo + chunk < k ? lo + chunk : k;
+        int64_t p = t / nch, lo = (t % nch) * CHUNK, hi = lo + CHUNK < k ? lo + CHUNK : k;
         const char *w = (const char *)cols + p * sp * eb, *gv = (const char *)g + p * gp * eb;
         double *pt = part + t * s;
         if (dtype == F32) gram_f32(w, ss, s, gv, lo, hi, eb, pt);

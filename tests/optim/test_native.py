@@ -229,7 +229,7 @@ def test_int8_gram_rows_are_the_exact_integer_dots(built):
     """int8·int8 products summed in integers (int32 within a block, then exact doubles): the same
     numbers as the exact dot of the codes, times the two scales, in that order."""
     gen = torch.Generator().manual_seed(4)
-    P, s, k = 2, 5, 4 * 16384 * 2 + 37  # tasks of several int32 blocks, and a scalar tail
+    P, s, k = 2, 5, 4 * 16384 * 2 + 37  # several tasks (int32 blocks) per window, and a scalar tail
     cols = torch.randint(-128, 128, (P, s, k), generator=gen, dtype=torch.int8)  # -128 too: the int32 bound
     cols[0, :, :40000] = -128  # the largest products, many in one block
     scale = torch.rand(P, s, generator=gen)
