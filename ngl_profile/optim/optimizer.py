@@ -256,15 +256,18 @@ class _NaturalGaLore(torch.optim.Optimizer):
             state["nonfinite_skips"] += 1
             return None
         side = resolve_side(sharded.shape(p), group["proj_type"]) if low_rank else None
-        g = self._project(p, state, group, side, checked=finite) if low_rank else p.grad
+        windowed = low_rank and group["history_size"] > 0
+        g, in_place = self._project(p, state, group, side, finite, windowed) if low_rank else (p.grad, False)
         if g is None or (finite is None and not natural.all_finite(g)):
             state["nonfinite_skips"] += 1
+            if in_place:
+                natural.discard(state)
             return None
-        if low_rank and group["history_size"] > 0:
+        if windowed:
             # _make_windows sized it; re-made here only if that ever disagreed with g
             if "history" not in state or state["history"].shape[1] != g.numel():
                 natural.init_window(state, g.numel(), group["history_size"], group["history_dtype"], g.device)
-            natural.store(state, g.reshape(-1), sharded.context(p), _kernels(group))
+            natural.store(state, g.reshape(-1), sharded.context(p), _kernels(group), in_place)
             return side, g.shape, g.dtype
         self._finish(p, group, g, side)
         return None
@@ -292,13 +295,15 @@ class _NaturalGaLore(torch.optim.Optimizer):
     def _basis(state: dict) -> tuple[torch.Tensor, ...]:
         return tuple(state[f"proj_{i}"] for i in range(state["proj_factors"]))
 
-    def _project(self, p: torch.Tensor, state: dict, group: dict, side: str,
-                 checked: bool | None = None) -> torch.Tensor | None:
-        """g_t = the projected gradient, refreshing P on gap steps; None if ∇ is not finite there."""
+    def _project(self, p: torch.Tensor, state: dict, group: dict, side: str, checked: bool | None = None,
+                 windowed: bool = False) -> tuple[torch.Tensor | None, bool]:
+        """(g_t, whether it was made in its window's next slot): the projected gradient, refreshing
+        P on gap steps; (None, False) if ∇ is not finite there. windowed: make g_t in the slot it
+        will be stored in where it can be (natural.next_column), after a subspace change moved it."""
         grad = p.grad
         if state["step"] % group["update_proj_gap"] == 0:
             if not checked and not natural.all_finite(grad):  # an SVD of NaN would poison P
-                return None
+                return None, False
             ranks = clamp_rank(sharded.shape(p), group["rank"], side)
             if min(ranks) < group["rank"] and not self._rank_warned:
                 self._rank_warned = True
@@ -311,7 +316,10 @@ class _NaturalGaLore(torch.optim.Optimizer):
             state["proj_factors"] = len(new)
             for i, factor in enumerate(new):
                 state[f"proj_{i}"] = factor
-        return sharded.project(p, grad, self._basis(state), side)
+        basis = self._basis(state)
+        slot = natural.next_column(state, grad.dtype) if windowed else None
+        g = None if slot is None else sharded.project_into(p, grad, basis, side, slot)
+        return (g, True) if g is not None else (sharded.project(p, grad, basis, side), False)
 
     @staticmethod
     def _on_subspace_change(state, group, side, old, new, ranks, shape, shard=None) -> None:

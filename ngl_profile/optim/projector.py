@@ -16,7 +16,7 @@ import math
 import torch
 
 __all__ = ["PROJ_TYPES", "SVD_METHODS", "resolve_side", "clamp_rank", "compute_basis", "project", "project_back",
-           "rotate", "projected_shape", "add_projected_back"]
+           "rotate", "projected_shape", "add_projected_back", "project_into"]
 
 PROJ_TYPES = ("std", "left", "right", "tucker")
 SVD_METHODS = ("full", "lowrank")
@@ -104,6 +104,23 @@ def project(grad: torch.Tensor, basis: Basis, side: str) -> torch.Tensor:
     if side == "right":
         return grad @ basis[0].t()
     return _mode_product(grad, basis, transpose=True)
+
+
+def project_into(grad: torch.Tensor, basis: Basis, side: str, out: torch.Tensor) -> torch.Tensor | None:
+    """project(grad, basis, side) written into `out` (flat, contiguous, grad's dtype: a window's
+    next slot), returned as a view of it in the projected shape: the window then needs no copy of
+    a projected gradient. None, writing nothing, where that is not one matmul of out's size and
+    dtype (a Tucker basis, another length)."""
+    if side == "left":
+        shape = (basis[0].shape[1], grad.shape[1])
+    elif side == "right":
+        shape = (grad.shape[0], basis[0].shape[0])
+    else:
+        return None
+    if out.numel() != shape[0] * shape[1] or not (out.dtype == grad.dtype == basis[0].dtype) or not out.is_contiguous():
+        return None
+    a, b = (basis[0].t(), grad) if side == "left" else (grad, basis[0].t())
+    return torch.mm(a, b, out=out.view(shape))  # the kernel `@` runs: the same bits
 
 
 def project_back(low: torch.Tensor, basis: Basis, side: str) -> torch.Tensor:

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from ngl_profile.optim import projector
 
 __all__ = ["Rows", "context", "shape", "numel", "local_views", "agree", "compute_basis", "project",
-           "add_projected_back", "follow", "rotation", "mean", "norm", "traffic"]
+           "add_projected_back", "project_into", "follow", "rotation", "mean", "norm", "traffic"]
 
 _TAG = "_ngl_shard"
 traffic: dict[str, int] = {}
@@ -241,6 +241,13 @@ def project(p: torch.Tensor, grad: torch.Tensor, basis: projector.Basis, side: s
     if side == "right":
         return grad @ basis[0].t()  # rows lo:hi of ∇Qᵀ, m_i×r
     return _low_rows(ctx, basis, side).reduce_scatter(basis[0].t() @ grad)  # Σ_i P_iᵀ∇_i, our rows
+
+
+def project_into(p: torch.Tensor, grad: torch.Tensor, basis: projector.Basis, side: str,
+                 out: torch.Tensor) -> torch.Tensor | None:
+    """projector.project_into for a plain tensor; None for a shard (its projection is reduced over
+    the ranks, not one matmul)."""
+    return projector.project_into(grad, basis, side, out) if context(p) is None else None
 
 
 def _low_rows(ctx: Rows, basis: projector.Basis, side: str) -> Rows:

@@ -165,18 +165,22 @@ def test_sliced_window_reads_equal_one_slice(monkeypatch, dtype):
     torch.testing.assert_close(sliced[1], whole[1], rtol=1e-5, atol=0)
 
 
-def test_projected_gradient_is_freed_before_its_update(monkeypatch):
+@pytest.mark.parametrize("history_dtype", ["float32", "int8"])
+def test_projected_gradient_is_freed_before_its_update(monkeypatch, history_dtype):
     """The window holds g_t; the step must not keep it alive beside g̃ while it waits for the
-    batched solve (the 7B estimate showed one extra projected gradient at the peak when it did)."""
+    batched solve (the 7B estimate showed one extra projected gradient at the peak when it did).
+    A float32 g_t of float32 weights is made in its window slot: no projected gradient at all."""
     import weakref
 
     from ngl_profile.optim import natural as nat
 
-    refs = []
+    refs, in_window = [], []
     store = nat.store
 
     def spy_store(state, g, *a, **k):
-        refs.append(weakref.ref(g._base if g._base is not None else g))
+        in_window.append(g.untyped_storage().data_ptr() == state["history"].untyped_storage().data_ptr())
+        if not in_window[-1]:
+            refs.append(weakref.ref(g._base if g._base is not None else g))
         return store(state, g, *a, **k)
 
     monkeypatch.setattr(nat, "store", spy_store)
@@ -191,11 +195,14 @@ def test_projected_gradient_is_freed_before_its_update(monkeypatch):
     monkeypatch.setattr(NaturalGaLoreAdamW, "_finish", spy_finish)
     gen = torch.Generator().manual_seed(0)
     ps = [torch.nn.Parameter(torch.randn(30, 20, generator=gen)), torch.nn.Parameter(torch.randn(20, 30, generator=gen))]
-    opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3}])
+    opt = NaturalGaLoreAdamW([{"params": ps, "rank": 4, "history_size": 3, "history_dtype": history_dtype}])
     for p in ps:
         p.grad = torch.randn(p.shape, generator=gen)
     opt.step()
-    assert len(refs) == 2 and alive_at_finish == [[False, False], [False, False]]
+    if history_dtype == "float32":
+        assert in_window == [True, True] and refs == []
+    else:
+        assert in_window == [False, False] and alive_at_finish == [[False, False], [False, False]]
 
 
 def test_batched_weights_equal_one_at_a_time():

@@ -90,6 +90,31 @@ def test_nonfinite_gradient_is_skipped_and_counted(bad):
     assert all(torch.isfinite(p).all() for p in params)
 
 
+@pytest.mark.parametrize("policy", ["keep", "reset", "rotate"])
+@pytest.mark.parametrize("compile", [True, False])
+def test_projection_made_in_the_window_trains_as_a_copied_one(policy, compile, monkeypatch):
+    """g_t projected straight into its window slot (natural.next_column) against the copy it
+    replaces, with non-finite gradients before the window is full, once it is, and right before
+    gap steps (a reset moves the head, a rotation rewrites every slot): the same bits, and no NaN
+    ever stays in a window."""
+    gs = grads(16, seed=8)
+    for step, value in ((1, float("nan")), (6, float("inf")), (9, float("nan")), (14, float("-inf"))):
+        gs[step][0][step % 64, 7] = value  # steps 6 and 14 fall right before gap steps 7 and 15
+    runs = []
+    for in_place in (True, False):
+        if not in_place:
+            monkeypatch.setattr(natural, "next_column", lambda state, dtype: None)
+        params, opt = make(on_subspace_change=policy)
+        opt.param_groups[0]["compile"] = opt.param_groups[1]["compile"] = compile
+        for g in gs:
+            train(params, opt, [g])
+            assert torch.isfinite(opt.state[params[0]]["history"]).all()
+        assert opt.skipped_updates == 4
+        runs.append([p.detach().clone() for p in params])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bad,finite", [(None, True), (float("nan"), False), (float("inf"), False),
                                         (float("-inf"), False)])
