@@ -110,9 +110,18 @@ def main() -> None:
             arena_gram()
             arena_combine()
 
+        def unfetched(f):  # window.c's passes without their prefetch, for the side-by-side rows
+            def run():
+                with native_kernels.prefetch_forced(0):
+                    f()
+            run.__name__ = f.__name__ + "_no_prefetch"
+            return run
+
         tag = "native " if native else ""
-        return {tag + f.__name__.replace("_", " "): f
-                for f in (gram, combine, phased, paired, arena_gram, arena_combine, arena_phased)}
+        fs = [gram, combine, phased, paired, arena_gram, arena_combine, arena_phased]
+        if native:
+            fs += [unfetched(arena_gram), unfetched(arena_combine)]
+        return {tag + f.__name__.replace("_", " "): f for f in fs}
 
     runs = {"read": read, "arena read": arena_read, **passes(False)}
     if native_kernels.available():
@@ -138,6 +147,9 @@ def main() -> None:
         print(f"{name:<22}{med * 1e3:>11.2f}{min(ts) * 1e3:>9.2f}{med / (reads * read_s):>9.2f}")
     print(f"× read: against one plain read of every window, one call per window ({read_s * 1e3:.2f} ms; "
           f"two for phased and paired)")
+    for name, c in native_kernels.prefetch_choice().items():
+        tried = ", ".join(f"{d} B {t * 1e3:.2f} ms" for d, t in c["seconds"].items())
+        print(f"native {name}: prefetch {c['bytes']} bytes ahead, measured at its first call ({tried})")
 
 
 if __name__ == "__main__":

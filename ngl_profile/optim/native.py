@@ -34,12 +34,15 @@ import platform
 import subprocess
 import tempfile
 import threading
+import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
-__all__ = ["available", "gram_rows", "combine_rows", "quantize"]
+__all__ = ["available", "gram_rows", "combine_rows", "quantize", "prefetch_choice", "prefetch_forced",
+           "PREFETCH_CANDIDATES"]
 
 _SOURCE = Path(__file__).with_name("window.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
@@ -93,8 +96,8 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
     lib = ctypes.CDLL(str(target))
     i64, ptr, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.ngl_gram.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, ptr, c_int]
-    lib.ngl_combine.argtypes = [c_int, c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, c_int]
+    lib.ngl_gram.argtypes = [c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, ptr, i64, c_int]
+    lib.ngl_combine.argtypes = [c_int, c_int, ptr, i64, i64, i64, i64, i64, ptr, i64, ptr, i64, ptr, i64, i64, c_int]
     lib.ngl_quantize.argtypes = [c_int, ptr, i64, ptr, ptr, c_int]
     lib.ngl_gram.restype = lib.ngl_combine.restype = lib.ngl_quantize.restype = c_int
     return lib
@@ -139,6 +142,58 @@ def _check(code: int) -> None:
         raise MemoryError("the native window kernel could not allocate its partial sums")
 
 
+# How far ahead (bytes) the passes prefetch the window's rows (window.c, AHEAD), per pass and storage
+# dtype: measured at the first call over an arena of ≥ _CALIBRATE_BYTES (beyond the caches, where
+# it matters) by making that call at each candidate distance, twice over in turn, and keeping the
+# fastest (ties: the shorter); 0, no prefetch, before that and for an arena too small to measure
+# on. Not a constant: the prefetchers, and so the distance that pays, differ between CPUs. On an
+# Intel Xeon (2 vCPUs) 512 and 2048 bytes took both fp32 passes over llama-60m's arenas from
+# ~10 ms to ~8 ms, and 0 was the slowest (benchmarks/window_passes.py prints the choice).
+PREFETCH_CANDIDATES = (0, 512, 2048)
+_CALIBRATE_BYTES = 32 << 20
+_prefetch: dict[tuple[str, torch.dtype], int] = {}
+_prefetch_seconds: dict[tuple[str, torch.dtype], dict[int, float]] = {}
+
+
+_forced: int | None = None
+
+
+@contextmanager
+def prefetch_forced(distance: int | None):
+    """Inside the block every pass prefetches `distance` bytes ahead (None: as measured), and
+    nothing is measured: for benchmarks that compare distances side by side."""
+    global _forced
+    before, _forced = _forced, distance
+    try:
+        yield
+    finally:
+        _forced = before
+
+
+def prefetch_choice() -> dict[str, dict]:
+    """{"gram float32": {"bytes": distance, "seconds": {distance: fastest call}}, …} for what has
+    been measured in this process."""
+    return {f"{kind} {str(dtype).removeprefix('torch.')}": {"bytes": _prefetch[(kind, dtype)],
+                                                             "seconds": dict(_prefetch_seconds[(kind, dtype)])}
+            for kind, dtype in _prefetch}
+
+
+def _run(kind: str, cols: torch.Tensor, call) -> None:
+    """call(prefetch bytes) → window.c's return code, at this pass's measured distance."""
+    key = (kind, cols.dtype)
+    if _forced is not None or key in _prefetch or cols.numel() * cols.element_size() < _CALIBRATE_BYTES:
+        _check(call(_prefetch.get(key, 0) if _forced is None else _forced))
+        return
+    seconds = dict.fromkeys(PREFETCH_CANDIDATES, float("inf"))
+    for _ in range(2):  # the call writes the same result every time: each is a full pass, kept
+        for d in PREFETCH_CANDIDATES:
+            t0 = time.perf_counter()
+            _check(call(d))
+            seconds[d] = min(seconds[d], time.perf_counter() - t0)
+    _prefetch_seconds[key] = seconds
+    _prefetch[key] = min(PREFETCH_CANDIDATES, key=seconds.__getitem__)
+
+
 def _take(cols: torch.Tensor, col_scale: torch.Tensor | None, *rows: torch.Tensor | None) -> ctypes.CDLL | None:
     """The library, if window.c takes this case (a CPU window of a storage dtype it has, rows of
     stride 1, a float32 scale exactly for int8), else None."""
@@ -160,9 +215,10 @@ def gram_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, g: torch.Tenso
             or not out.is_contiguous() or out.numel() != P * s or (g_scale is None) != (col_scale is None)
             or (g_scale is not None and (g_scale.device.type != "cpu" or g_scale.dtype != torch.float32))):
         return False
-    _check(lib.ngl_gram(_STORAGE[cols.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched), cols.stride(-2),
-                        g.data_ptr(), _outer(g, batched), _ptr(col_scale), _outer(col_scale, batched),
-                        _ptr(g_scale), _outer(g_scale, batched), out.data_ptr(), torch.get_num_threads()))
+    _run("gram", cols, lambda pf: lib.ngl_gram(
+        _STORAGE[cols.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched), cols.stride(-2), g.data_ptr(),
+        _outer(g, batched), _ptr(col_scale), _outer(col_scale, batched), _ptr(g_scale), _outer(g_scale, batched),
+        out.data_ptr(), pf, torch.get_num_threads()))
     return True
 
 
@@ -175,9 +231,10 @@ def combine_rows(cols: torch.Tensor, col_scale: torch.Tensor | None, w: torch.Te
     if (lib is None or out.dtype not in _OUT or w.dtype != torch.float64 or w.shape[-1] != s
             or out.shape[-1] != k or w.numel() != P * s or out.numel() != P * k):
         return False
-    _check(lib.ngl_combine(_STORAGE[cols.dtype], _OUT[out.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched),
-                           cols.stride(-2), _ptr(col_scale), _outer(col_scale, batched), w.data_ptr(),
-                           _outer(w, batched), out.data_ptr(), _outer(out, batched), torch.get_num_threads()))
+    _run("combine", cols, lambda pf: lib.ngl_combine(
+        _STORAGE[cols.dtype], _OUT[out.dtype], cols.data_ptr(), P, s, k, _outer(cols, batched), cols.stride(-2),
+        _ptr(col_scale), _outer(col_scale, batched), w.data_ptr(), _outer(w, batched), out.data_ptr(),
+        _outer(out, batched), pf, torch.get_num_threads()))
     return True
 
 

@@ -18,7 +18,8 @@ rounding of the result (≤ 6e-8) dominates (`python -m tests.optim.dependent_wi
 The s×s system is solved in float64 from a Gram matrix GᵀG that is kept in float64 and updated by
 one row/column per step (s·k work instead of s²·k), and G is a preallocated ring buffer (no
 torch.stack of the history every step, as the official code does); the windows of one shape are
-slices of one arena (`init_windows`). A step is `store` (g_t into its slot) for every matrix, then
+slices of one arena (`init_windows`). A step is `store` (g_t into its slot, where the projection
+already made it if the storage holds its dtype: `next_column`) for every matrix, then
 `update_grams` (the new Gram rows), one batched `weights` for all of them, then `combine_all`
 (g̃ = G w); each of the two passes runs over a whole arena at once as a native kernel (window.c,
 native.py) or a compiled one (kernels.py), or one window at a time eagerly, whichever made the

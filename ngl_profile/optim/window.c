@@ -102,33 +102,67 @@ static inline double hsum(vd v) {
 
 static inline int64_t elem_bytes(int dtype) { return dtype == F32 ? 4 : dtype == BF16 ? 2 : 1; }
 
-/* rows c_j for j in [lo_j, lo_j + 4) (clamped to the last slot: a short group repeats it and
-   drops the result) against g over [lo, hi) */
-#define GRAM_TASK(NAME, LOAD, ONE)                                                              \
-    static void NAME(const char *w, int64_t ss, int64_t s, const char *g, int64_t lo,           \
-                     int64_t hi, int64_t eb, double *part) {                                     \
-        for (int64_t j0 = 0; j0 < s; j0 += 4) {                                                  \
-            const char *r[4];                                                                    \
-            for (int i = 0; i < 4; i++) r[i] = w + (j0 + i < s ? j0 + i : s - 1) * ss * eb;     \
-            vd a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                          \
-            int64_t x = lo;                                                                      \
-            for (; x + 8 <= hi; x += 8) {                                                        \
-                vd gv = LOAD(g, x);                                                              \
-                a0 += LOAD(r[0], x) * gv;                                                        \
-                a1 += LOAD(r[1], x) * gv;                                                        \
-                a2 += LOAD(r[2], x) * gv;                                                        \
-                a3 += LOAD(r[3], x) * gv;                                                        \
-            }                                                                                    \
-            double t[4] = {hsum(a0), hsum(a1), hsum(a2), hsum(a3)};                              \
-            for (; x < hi; x++) {                                                                \
-                double gx = ONE(g, x);                                                           \
-                for (int i = 0; i < 4; i++) t[i] += ONE(r[i], x) * gx;                           \
-            }                                                                                    \
-            for (int i = 0; i < 4 && j0 + i < s; i++) part[j0 + i] = t[i];                       \
-        }                                                                                        \
+/* Every pass asks for the window's lines `pf` bytes ahead of its loads (0: none), once per 64 bytes
+   of each row it reads: the hardware's prefetchers alone kept these multi-row reads at the rate of
+   one plain stream, below what the memory delivers to several streams at once (native.py measures
+   the distance where the passes run: window_passes.py). A prefetch never faults, also past the end
+   of the arena, and changes no result. */
+#define AHEAD(p, x, eb, pf) __builtin_prefetch((const char *)(p) + (x) * (eb) + (pf))
+#define NEW_LINE(x, eb, pf) ((pf) && (((x) * (eb)) & 63) == 0)
+
+/* The rows of a task are read R at a time against g (R = ceil(s / groups), groups = ceil(s / 8)):
+   s = 10 is two groups of 5 (it was three of 4, the last repeating a row), so g is read twice from
+   the cache and no row for nothing. A group is an always-inline function of a constant R, one
+   copy per R (GRAM_TASK's switch), so its R accumulators stay in registers. The order of each
+   row's sum does not depend on R: the same numbers for any grouping. */
+#define GRAM_MAX_ROWS 8
+#define GRAM_GROUP(NAME, LOAD, ONE)                                                             \
+    static inline __attribute__((always_inline)) void NAME(                                     \
+        const char *const *r, const int R, const char *g, int64_t lo, int64_t hi, int64_t eb,   \
+        int64_t pf, double *part) {                                                             \
+        vd a[GRAM_MAX_ROWS];                                                                    \
+        for (int i = 0; i < R; i++) a[i] = (vd){0};                                             \
+        int64_t x = lo;                                                                         \
+        for (; x + 8 <= hi; x += 8) {                                                           \
+            if (NEW_LINE(x, eb, pf)) {                                                          \
+                for (int i = 0; i < R; i++) AHEAD(r[i], x, eb, pf);                             \
+                AHEAD(g, x, eb, pf);                                                            \
+            }                                                                                   \
+            vd gv = LOAD(g, x);                                                                 \
+            for (int i = 0; i < R; i++) a[i] += LOAD(r[i], x) * gv;                             \
+        }                                                                                       \
+        for (int i = 0; i < R; i++) {                                                           \
+            double t = hsum(a[i]);                                                              \
+            for (int64_t y = x; y < hi; y++) t += ONE(r[i], y) * ONE(g, y);                     \
+            part[i] = t;                                                                        \
+        }                                                                                       \
     }
-GRAM_TASK(gram_f32, load_f32, one_f32)
-GRAM_TASK(gram_bf16, load_bf16, one_bf16)
+GRAM_GROUP(group_f32, load_f32, one_f32)
+GRAM_GROUP(group_bf16, load_bf16, one_bf16)
+
+/* rows c_0 … c_{s-1} of one window against g over [lo, hi), in groups (see GRAM_GROUP) */
+#define GRAM_TASK(NAME, GROUP)                                                                  \
+    static void NAME(const char *w, int64_t ss, int64_t s, const char *g, int64_t lo,           \
+                     int64_t hi, int64_t eb, int64_t pf, double *part) {                        \
+        int64_t groups = (s + GRAM_MAX_ROWS - 1) / GRAM_MAX_ROWS, R = (s + groups - 1) / groups; \
+        for (int64_t j0 = 0; j0 < s; j0 += R) {                                                 \
+            const char *r[GRAM_MAX_ROWS];                                                       \
+            int n = (int)(s - j0 < R ? s - j0 : R);                                             \
+            for (int i = 0; i < n; i++) r[i] = w + (j0 + i) * ss * eb;                          \
+            switch (n) {                                                                        \
+            case 1: GROUP(r, 1, g, lo, hi, eb, pf, part + j0); break;                           \
+            case 2: GROUP(r, 2, g, lo, hi, eb, pf, part + j0); break;                           \
+            case 3: GROUP(r, 3, g, lo, hi, eb, pf, part + j0); break;                           \
+            case 4: GROUP(r, 4, g, lo, hi, eb, pf, part + j0); break;                           \
+            case 5: GROUP(r, 5, g, lo, hi, eb, pf, part + j0); break;                           \
+            case 6: GROUP(r, 6, g, lo, hi, eb, pf, part + j0); break;                           \
+            case 7: GROUP(r, 7, g, lo, hi, eb, pf, part + j0); break;                           \
+            default: GROUP(r, 8, g, lo, hi, eb, pf, part + j0); break;                          \
+            }                                                                                   \
+        }                                                                                       \
+    }
+GRAM_TASK(gram_f32, group_f32)
+GRAM_TASK(gram_bf16, group_bf16)
 
 /* int8 rows against an int8 g, in integers: a product of two int8 is at most 128^2 = 2^14, so a
    task's CHUNK = 2^14 of them (ngl_gram's tasks) sum to at most 2^28, exact in int32, and the double sums of those
@@ -174,35 +208,34 @@ static inline int64_t i8_sum(vacc a) {
     return t;
 }
 #endif
-static void gram_i8(const char *w, int64_t ss, int64_t s, const char *g, int64_t lo, int64_t hi,
-                    int64_t eb, double *part) {
+static inline __attribute__((always_inline)) void group_i8(const char *const *r, const int R, const char *g,
+                                                          int64_t lo, int64_t hi, int64_t eb, int64_t pf,
+                                                          double *part) {
     (void)eb;
-    for (int64_t j0 = 0; j0 < s; j0 += 4) {
-        const char *r[4];
-        for (int i = 0; i < 4; i++) r[i] = w + (j0 + i < s ? j0 + i : s - 1) * ss;
-        vacc a0;
-        memset(&a0, 0, sizeof a0);
-        vacc a1 = a0, a2 = a0, a3 = a0;
-        int64_t x = lo;
-        for (; x + I8_STEP <= hi; x += I8_STEP) {
-            a0 = i8_dot(a0, r[0], g, x);
-            a1 = i8_dot(a1, r[1], g, x);
-            a2 = i8_dot(a2, r[2], g, x);
-            a3 = i8_dot(a3, r[3], g, x);
+    vacc a[GRAM_MAX_ROWS];
+    memset(a, 0, sizeof a);
+    int64_t x = lo;
+    for (; x + I8_STEP <= hi; x += I8_STEP) {
+        if (NEW_LINE(x, 1, pf)) {
+            for (int i = 0; i < R; i++) AHEAD(r[i], x, 1, pf);
+            AHEAD(g, x, 1, pf);
         }
-        int64_t t[4] = {i8_sum(a0), i8_sum(a1), i8_sum(a2), i8_sum(a3)};
-        for (; x < hi; x++)
-            for (int i = 0; i < 4; i++) t[i] += (int32_t)((const int8_t *)r[i])[x] * ((const int8_t *)g)[x];
-        for (int i = 0; i < 4 && j0 + i < s; i++) part[j0 + i] = (double)t[i];
+        for (int i = 0; i < R; i++) a[i] = i8_dot(a[i], r[i], g, x);
+    }
+    for (int i = 0; i < R; i++) {
+        int64_t t = i8_sum(a[i]);
+        for (int64_t y = x; y < hi; y++) t += (int32_t)((const int8_t *)r[i])[y] * ((const int8_t *)g)[y];
+        part[i] = (double)t;
     }
 }
+GRAM_TASK(gram_i8, group_i8)
 
 /* Gram rows of P windows. cols: P x s x k (strides sp, ss); g: P x k (stride gp); int8 storage:
-   cscale P x s (stride csp) and gscale P (stride gsp) scale the integer dot products; out: P x s.
-   Returns 0, or -1 if the per-task partial sums could not be allocated. */
+   cscale P x s (stride csp) and gscale P (stride gsp) scale the integer dot products; out: P x s;
+   pf: the prefetch distance in bytes (AHEAD). Returns 0, or -1 if the per-task partial sums could not be allocated. */
 int ngl_gram(int dtype, const void *cols, int64_t P, int64_t s, int64_t k, int64_t sp, int64_t ss,
              const void *g, int64_t gp, const float *cscale, int64_t csp, const float *gscale,
-             int64_t gsp, double *out, int threads) {
+             int64_t gsp, double *out, int64_t pf, int threads) {
     int64_t nch = (k + CHUNK - 1) / CHUNK, tasks = P * nch, eb = elem_bytes(dtype);
     double *part = malloc(sizeof(double) * (size_t)(tasks > 0 ? tasks : 1) * (size_t)s);
     if (!part) return -1;
@@ -211,9 +244,9 @@ int ngl_gram(int dtype, const void *cols, int64_t P, int64_t s, int64_t k, int64
         int64_t p = t / nch, lo = (t % nch) * CHUNK, hi = lo + CHUNK < k ? lo + CHUNK : k;
         const char *w = (const char *)cols + p * sp * eb, *gv = (const char *)g + p * gp * eb;
         double *pt = part + t * s;
-        if (dtype == F32) gram_f32(w, ss, s, gv, lo, hi, eb, pt);
-        else if (dtype == BF16) gram_bf16(w, ss, s, gv, lo, hi, eb, pt);
-        else gram_i8(w, ss, s, gv, lo, hi, eb, pt);
+        if (dtype == F32) gram_f32(w, ss, s, gv, lo, hi, eb, pf, pt);
+        else if (dtype == BF16) gram_bf16(w, ss, s, gv, lo, hi, eb, pf, pt);
+        else gram_i8(w, ss, s, gv, lo, hi, eb, pf, pt);
     }
     for (int64_t p = 0; p < P; p++)
         for (int64_t j = 0; j < s; j++) {
@@ -253,9 +286,11 @@ static inline void store_bf16(uint16_t *o, vf f) {
 
 #define COMBINE_TASK(NAME, LOAD, ONE)                                                           \
     static void NAME(const char *w, int64_t ss, int64_t s, const double *wt, int64_t lo,        \
-                     int64_t hi, int64_t eb, int out_bf16, void *out) {                          \
+                     int64_t hi, int64_t eb, int64_t pf, int out_bf16, void *out) {              \
         int64_t x = lo;                                                                          \
         for (; x + 8 <= hi; x += 8) {                                                            \
+            if (NEW_LINE(x, eb, pf))                                                             \
+                for (int64_t j = 0; j < s; j++) AHEAD(w + j * ss * eb, x, eb, pf);               \
             vd acc = LOAD(w, x) * wt[0];                                                         \
             for (int64_t j = 1; j < s; j++) acc += LOAD(w + j * ss * eb, x) * wt[j];            \
             vf f = to_vf(acc);                                                                   \
@@ -277,10 +312,10 @@ COMBINE_TASK(combine_i8, load_i8, one_i8)
 
 /* g~ of P windows: out[p] = sum_j w[p][j] c_pj (out P x k, stride op; float32, or bfloat16 if
    out_bf16); w: P x s doubles (stride wp); int8 storage: cscale P x s (stride csp) is folded
-   into w. Returns 0, or -1 if the folded weights could not be allocated. */
+   into w; pf: as for ngl_gram. Returns 0, or -1 if the folded weights could not be allocated. */
 int ngl_combine(int dtype, int out_bf16, const void *cols, int64_t P, int64_t s, int64_t k,
                 int64_t sp, int64_t ss, const float *cscale, int64_t csp, const double *w,
-                int64_t wp, void *out, int64_t op, int threads) {
+                int64_t wp, void *out, int64_t op, int64_t pf, int threads) {
     int64_t nch = (k + CHUNK - 1) / CHUNK, tasks = P * nch, eb = elem_bytes(dtype);
     int64_t ob = out_bf16 ? 2 : 4;
     double *wt = malloc(sizeof(double) * (size_t)(P > 0 ? P : 1) * (size_t)s);
@@ -293,9 +328,9 @@ int ngl_combine(int dtype, int out_bf16, const void *cols, int64_t P, int64_t s,
         int64_t p = t / nch, lo = (t % nch) * CHUNK, hi = lo + CHUNK < k ? lo + CHUNK : k;
         const char *c = (const char *)cols + p * sp * eb;
         void *o = (char *)out + p * op * ob;
-        if (dtype == F32) combine_f32(c, ss, s, wt + p * s, lo, hi, eb, out_bf16, o);
-        else if (dtype == BF16) combine_bf16(c, ss, s, wt + p * s, lo, hi, eb, out_bf16, o);
-        else combine_i8(c, ss, s, wt + p * s, lo, hi, eb, out_bf16, o);
+        if (dtype == F32) combine_f32(c, ss, s, wt + p * s, lo, hi, eb, pf, out_bf16, o);
+        else if (dtype == BF16) combine_bf16(c, ss, s, wt + p * s, lo, hi, eb, pf, out_bf16, o);
+        else combine_i8(c, ss, s, wt + p * s, lo, hi, eb, pf, out_bf16, o);
     }
     free(wt);
     return 0;

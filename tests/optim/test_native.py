@@ -70,6 +70,48 @@ def test_gram_rows_are_float64_exact_products(built, storage):
 
 
 @pytest.mark.parametrize("storage", STORAGES)
+@pytest.mark.parametrize("s", [1, 5, 8, 9, 10, 17])
+def test_gram_rows_of_every_group_split(built, storage, s):
+    """window.c reads a window's rows in groups of ≤ 8 (s = 9: 5 + 4, s = 17: 6 + 6 + 5): every row
+    against the float64 products, whatever group it falls in; int8 rows exactly."""
+    states, cols, scale = arena(storage, P=2, s=s, k=1000 + s)
+    slot = s // 2
+    out = torch.empty(cols.shape[:2], dtype=torch.float64)
+    assert native.gram_rows(cols, scale, cols[:, slot], None if scale is None else scale[:, slot], out)
+    for p, st in enumerate(states):
+        c = dequantized64(st)
+        expect = c @ c[slot]
+        if storage == "int8":
+            codes = st["history"].to(torch.int64)
+            exact = (codes @ codes[slot]).to(torch.float64) * st["history_scale"].double() * st["history_scale"][slot].double()
+            assert torch.equal(out[p], exact)
+        assert ((out[p] - expect).abs() / expect.abs()).max() < 1e-13
+
+
+def test_prefetch_distance_is_measured_and_changes_no_result(built, monkeypatch):
+    """Each pass's prefetch distance is measured at its first call over a large enough arena (here
+    every one) among native.PREFETCH_CANDIDATES, then kept; at every distance the same bits as
+    without prefetching."""
+    monkeypatch.setattr(native, "_prefetch", {})
+    monkeypatch.setattr(native, "_prefetch_seconds", {})
+    monkeypatch.setattr(native, "_CALIBRATE_BYTES", 1 << 60)  # nothing measured: no prefetch
+    plain = _all_passes()
+    assert native.prefetch_choice() == {}
+    monkeypatch.setattr(native, "_CALIBRATE_BYTES", 0)
+    for forced in [None, *native.PREFETCH_CANDIDATES]:  # every candidate, not only the fastest here
+        with native.prefetch_forced(forced):
+            got = _all_passes()
+        for key, value in plain.items():
+            if isinstance(key, str):  # Gram rows
+                assert torch.equal(got[key], value), (key, forced)
+            elif key[0] != "quantize":  # g̃
+                assert torch.equal(got[key][0], value[0]), (key, forced)
+    chosen = native.prefetch_choice()
+    assert set(chosen) == {f"{kind} {storage}" for kind in ("gram", "combine") for storage in STORAGES}
+    assert all(c["bytes"] in native.PREFETCH_CANDIDATES for c in chosen.values())
+
+
+@pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_combine_is_within_the_float64_summation_bound(built, storage, dtype):
     states, cols, scale = arena(storage)
