@@ -110,12 +110,18 @@ static inline int64_t elem_bytes(int dtype) { return dtype == F32 ? 4 : dtype ==
 #define AHEAD(p, x, eb, pf) __builtin_prefetch((const char *)(p) + (x) * (eb) + (pf))
 #define NEW_LINE(x, eb, pf) ((pf) && (((x) * (eb)) & 63) == 0)
 
-/* The rows of a task are read R at a time against g (R = ceil(s / groups), groups = ceil(s / 8)):
-   s = 10 is two groups of 5 (it was three of 4, the last repeating a row), so g is read twice from
-   the cache and no row for nothing. A group is an always-inline function of a constant R, one
+/* The rows of a task are read R at a time against g (R = ceil(s / groups), groups =
+   ceil(s / GRAM_MAX_ROWS)): with AVX-512, s = 10 is two groups of 5 (it was three of 4, the last
+   repeating a row), so g is read twice from the cache and no row for nothing. A group is an always-inline function of a constant R, one
    copy per R (GRAM_TASK's switch), so its R accumulators stay in registers. The order of each
-   row's sum does not depend on R: the same numbers for any grouping. */
+   row's sum does not depend on R: the same numbers for any grouping. At most 8 rows where
+   AVX-512 has 32 vector registers (an accumulator of 8 doubles is one), 4 elsewhere (it is two of
+   AVX2's 16: 8 would spill). */
+#ifdef __AVX512F__
 #define GRAM_MAX_ROWS 8
+#else
+#define GRAM_MAX_ROWS 4
+#endif
 #define GRAM_GROUP(NAME, LOAD, ONE)                                                             \
     static inline __attribute__((always_inline)) void NAME(                                     \
         const char *const *r, const int R, const char *g, int64_t lo, int64_t hi, int64_t eb,   \
@@ -140,6 +146,16 @@ static inline int64_t elem_bytes(int dtype) { return dtype == F32 ? 4 : dtype ==
 GRAM_GROUP(group_f32, load_f32, one_f32)
 GRAM_GROUP(group_bf16, load_bf16, one_bf16)
 
+#ifdef __AVX512F__
+#define GRAM_WIDE_CASES(GROUP)                                                                  \
+    case 5: GROUP(r, 5, g, lo, hi, eb, pf, part + j0); break;                                   \
+    case 6: GROUP(r, 6, g, lo, hi, eb, pf, part + j0); break;                                   \
+    case 7: GROUP(r, 7, g, lo, hi, eb, pf, part + j0); break;                                   \
+    case 8: GROUP(r, 8, g, lo, hi, eb, pf, part + j0); break;
+#else
+#define GRAM_WIDE_CASES(GROUP)
+#endif
+
 /* rows c_0 … c_{s-1} of one window against g over [lo, hi), in groups (see GRAM_GROUP) */
 #define GRAM_TASK(NAME, GROUP)                                                                  \
     static void NAME(const char *w, int64_t ss, int64_t s, const char *g, int64_t lo,           \
@@ -149,15 +165,12 @@ GRAM_GROUP(group_bf16, load_bf16, one_bf16)
             const char *r[GRAM_MAX_ROWS];                                                       \
             int n = (int)(s - j0 < R ? s - j0 : R);                                             \
             for (int i = 0; i < n; i++) r[i] = w + (j0 + i) * ss * eb;                          \
-            switch (n) {                                                                        \
+            switch (n) { /* n <= GRAM_MAX_ROWS */                                               \
             case 1: GROUP(r, 1, g, lo, hi, eb, pf, part + j0); break;                           \
             case 2: GROUP(r, 2, g, lo, hi, eb, pf, part + j0); break;                           \
             case 3: GROUP(r, 3, g, lo, hi, eb, pf, part + j0); break;                           \
             case 4: GROUP(r, 4, g, lo, hi, eb, pf, part + j0); break;                           \
-            case 5: GROUP(r, 5, g, lo, hi, eb, pf, part + j0); break;                           \
-            case 6: GROUP(r, 6, g, lo, hi, eb, pf, part + j0); break;                           \
-            case 7: GROUP(r, 7, g, lo, hi, eb, pf, part + j0); break;                           \
-            default: GROUP(r, 8, g, lo, hi, eb, pf, part + j0); break;                          \
+            GRAM_WIDE_CASES(GROUP)                                                              \
             }                                                                                   \
         }                                                                                       \
     }
