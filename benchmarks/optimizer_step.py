@@ -227,7 +227,9 @@ def main() -> None:
         opt.step()  # warm-up: allocates state, and for the low-rank ones runs every SVD
         sync(device)
         first = time.perf_counter() - t0
-        for _ in range(10 + len(choice.candidates(device)) * (choice.TRIALS + 1)):  # fill s = 10, then the trials
+        # fill s = 10, then the chooser's trials, then window.c's prefetch trials (native.py)
+        for _ in range(10 + len(choice.candidates(device)) * (choice.TRIALS + 1)
+                       + native.PREFETCH_TRIES * len(native.PREFETCH_CANDIDATES)):
             opt.step()
         runs[name] = {"opt": opt, "first": first, "times": [], "mode": mode}
         # as it goes: where a run is cut short (a device machine's time limit), what was ready shows
@@ -303,6 +305,13 @@ def main() -> None:
         for name, c in picked.items():
             timed = ", ".join(f"{m} {sec * 1e3:.1f} ms" for m, sec in c["median_step_s"].items())
             print(f"  {name:<32}→ {str(c['choice']):<9} ({timed})")
+    fetched = native.prefetch_choice()
+    if fetched:
+        print(f"\nwindow.c's prefetch distance per pass and arena, kept after {native.PREFETCH_TRIES} timed calls at "
+              f"each (their medians; optim/native.py):")
+        for name, c in fetched.items():
+            tried = ", ".join(f"{d} B {sec * 1e3:.2f} ms" for d, sec in c["seconds"].items())
+            print(f"  {name:<40}→ {c['bytes']} B ahead ({tried})")
 
 if __name__ == "__main__":
     main()

@@ -130,6 +130,10 @@ def main() -> None:
         print("window.c is not built here (see the warning): no native rows", file=sys.stderr)
     for f in runs.values():
         f()  # compiles the kernels, faults the pages in
+    for _ in range(native_kernels.PREFETCH_TRIES * len(native_kernels.PREFETCH_CANDIDATES)):
+        for name, f in runs.items():  # window.c's prefetch trials (native.py), before anything is timed
+            if name.startswith("native") and "no prefetch" not in name:
+                f()
     times = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, f in runs.items():
@@ -149,7 +153,7 @@ def main() -> None:
           f"two for phased and paired)")
     for name, c in native_kernels.prefetch_choice().items():
         tried = ", ".join(f"{d} B {t * 1e3:.2f} ms" for d, t in c["seconds"].items())
-        print(f"native {name}: prefetch {c['bytes']} bytes ahead, measured at its first call ({tried})")
+        print(f"native {name}: prefetch {c['bytes']} bytes ahead (medians of its timed calls: {tried})")
 
 
 if __name__ == "__main__":

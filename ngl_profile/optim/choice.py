@@ -153,7 +153,7 @@ class StepChooser:
         name = self._next(device)
         _sync(device)
         t0 = self.clock()
-        with stepping(name):
+        with stepping(name), native.prefetch_frozen():  # trials compare kernels: no prefetch trials inside
             yield
         _sync(device)
         seconds = self.clock() - t0

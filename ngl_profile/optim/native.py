@@ -31,6 +31,7 @@ import hashlib
 import os
 import shutil
 import platform
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -42,7 +43,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["available", "gram_rows", "combine_rows", "quantize", "prefetch_choice", "prefetch_forced",
-           "PREFETCH_CANDIDATES"]
+           "prefetch_frozen", "PREFETCH_CANDIDATES", "PREFETCH_TRIES"]
 
 _SOURCE = Path(__file__).with_name("window.c")
 _FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
@@ -142,20 +143,24 @@ def _check(code: int) -> None:
         raise MemoryError("the native window kernel could not allocate its partial sums")
 
 
-# How far ahead (bytes) the passes prefetch the window's rows (window.c, AHEAD), per pass and storage
-# dtype: measured at the first call over an arena of ≥ _CALIBRATE_BYTES (beyond the caches, where
-# it matters) by making that call at each candidate distance, twice over in turn, and keeping the
-# fastest (ties: the shorter); 0, no prefetch, before that and for an arena too small to measure
-# on. Not a constant: the prefetchers, and so the distance that pays, differ between CPUs. On an
-# Intel Xeon (2 vCPUs) 512 and 2048 bytes took both fp32 passes over llama-60m's arenas from
-# ~10 ms to ~8 ms, and 0 was the slowest (benchmarks/window_passes.py prints the choice).
+# How far ahead (bytes) the passes prefetch the window's rows (window.c, AHEAD): measured where they
+# run, on the calls the steps make anyway. Each pass over an arena of a given shape and dtype (of ≥
+# _MEASURE_BYTES) takes the candidate distances in turn for its first PREFETCH_TRIES ×
+# len(PREFETCH_CANDIDATES) calls, each call timed, and then keeps the distance of the lowest median
+# (ties: the shorter). Not extra passes at the first call: repeated at once, those read an arena
+# that fits the L3 cache from there, where prefetching pays less than from memory (the bf16 g̃
+# then chose 0 on an Intel Xeon, where the steps ran 2 % faster with a prefetch). Not a constant
+# either: the prefetchers, and so the distance that pays, differ between CPUs. On that Xeon (2
+# vCPUs) the fp32 passes over llama-60m's arenas went from 9.53 to 8.39 ms (Gram rows) and 10.44
+# to 8.98 ms (g̃) with it (benchmarks/window_passes.py). Nothing is measured while a StepChooser
+# is timing its trial steps (`prefetch_frozen`): those compare kernels, not distances.
 PREFETCH_CANDIDATES = (0, 512, 2048)
-_CALIBRATE_BYTES = 32 << 20
-_prefetch: dict[tuple[str, torch.dtype], int] = {}
-_prefetch_seconds: dict[tuple[str, torch.dtype], dict[int, float]] = {}
-
-
+PREFETCH_TRIES = 3
+_MEASURE_BYTES = 1 << 20  # below, a call's time is mostly its overhead
+_prefetch: dict[tuple, int] = {}  # (pass, dtype, shape) → the distance kept
+_prefetch_seconds: dict[tuple, dict[int, list[float]]] = {}  # the timed calls, per distance
 _forced: int | None = None
+_frozen = 0
 
 
 @contextmanager
@@ -170,28 +175,43 @@ def prefetch_forced(distance: int | None):
         _forced = before
 
 
+@contextmanager
+def prefetch_frozen():
+    """Inside the block the passes use the distances kept so far (0 where none is) and time
+    nothing (choice.StepChooser's trial steps)."""
+    global _frozen
+    _frozen += 1
+    try:
+        yield
+    finally:
+        _frozen -= 1
+
+
 def prefetch_choice() -> dict[str, dict]:
-    """{"gram float32": {"bytes": distance, "seconds": {distance: fastest call}}, …} for what has
-    been measured in this process."""
-    return {f"{kind} {str(dtype).removeprefix('torch.')}": {"bytes": _prefetch[(kind, dtype)],
-                                                             "seconds": dict(_prefetch_seconds[(kind, dtype)])}
-            for kind, dtype in _prefetch}
+    """{"gram float32 24×10×176128": {"bytes": distance kept or None (still measuring),
+    "seconds": {distance: median of its timed calls}}, …} for the passes measured in this process."""
+    return {f"{kind} {str(dtype).removeprefix('torch.')} {'×'.join(map(str, shape))}":
+            {"bytes": _prefetch.get((kind, dtype, shape)),
+             "seconds": {d: statistics.median(t) for d, t in tried.items() if t}}
+            for (kind, dtype, shape), tried in _prefetch_seconds.items()}
 
 
 def _run(kind: str, cols: torch.Tensor, call) -> None:
-    """call(prefetch bytes) → window.c's return code, at this pass's measured distance."""
-    key = (kind, cols.dtype)
-    if _forced is not None or key in _prefetch or cols.numel() * cols.element_size() < _CALIBRATE_BYTES:
-        _check(call(_prefetch.get(key, 0) if _forced is None else _forced))
+    """call(prefetch bytes) → window.c's return code, at the distance this pass has measured."""
+    key = (kind, cols.dtype, tuple(cols.shape))
+    if _forced is not None:
+        _check(call(_forced))
         return
-    seconds = dict.fromkeys(PREFETCH_CANDIDATES, float("inf"))
-    for _ in range(2):  # the call writes the same result every time: each is a full pass, kept
-        for d in PREFETCH_CANDIDATES:
-            t0 = time.perf_counter()
-            _check(call(d))
-            seconds[d] = min(seconds[d], time.perf_counter() - t0)
-    _prefetch_seconds[key] = seconds
-    _prefetch[key] = min(PREFETCH_CANDIDATES, key=seconds.__getitem__)
+    if key in _prefetch or _frozen or cols.numel() * cols.element_size() < _MEASURE_BYTES:
+        _check(call(_prefetch.get(key, 0)))
+        return
+    tried = _prefetch_seconds.setdefault(key, {d: [] for d in PREFETCH_CANDIDATES})
+    d = min(PREFETCH_CANDIDATES, key=lambda c: len(tried[c]))  # in turn: the least timed
+    t0 = time.perf_counter()
+    _check(call(d))
+    tried[d].append(time.perf_counter() - t0)
+    if all(len(t) >= PREFETCH_TRIES for t in tried.values()):
+        _prefetch[key] = min(PREFETCH_CANDIDATES, key=lambda c: statistics.median(tried[c]))
 
 
 def _take(cols: torch.Tensor, col_scale: torch.Tensor | None, *rows: torch.Tensor | None) -> ctypes.CDLL | None:

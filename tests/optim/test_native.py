@@ -89,26 +89,32 @@ def test_gram_rows_of_every_group_split(built, storage, s):
 
 
 def test_prefetch_distance_is_measured_and_changes_no_result(built, monkeypatch):
-    """Each pass's prefetch distance is measured at its first call over a large enough arena (here
-    every one) among native.PREFETCH_CANDIDATES, then kept; at every distance the same bits as
-    without prefetching."""
+    """Each pass over an arena of one shape takes native.PREFETCH_CANDIDATES in turn for its first
+    calls, timed, then keeps one; at every distance the same bits as without prefetching; nothing
+    is timed inside prefetch_frozen (a StepChooser's trials) or below the size worth timing."""
     monkeypatch.setattr(native, "_prefetch", {})
     monkeypatch.setattr(native, "_prefetch_seconds", {})
-    monkeypatch.setattr(native, "_CALIBRATE_BYTES", 1 << 60)  # nothing measured: no prefetch
+    monkeypatch.setattr(native, "_MEASURE_BYTES", 1 << 60)
     plain = _all_passes()
+    monkeypatch.setattr(native, "_MEASURE_BYTES", 0)
+    with native.prefetch_frozen():
+        _all_passes()
     assert native.prefetch_choice() == {}
-    monkeypatch.setattr(native, "_CALIBRATE_BYTES", 0)
-    for forced in [None, *native.PREFETCH_CANDIDATES]:  # every candidate, not only the fastest here
-        with native.prefetch_forced(forced):
-            got = _all_passes()
+    calls = native.PREFETCH_TRIES * len(native.PREFETCH_CANDIDATES)
+    runs = [_all_passes() for _ in range(calls)]  # the last ones run at the kept distances
+    with native.prefetch_forced(native.PREFETCH_CANDIDATES[-1]):  # the farthest, whatever was kept
+        runs.append(_all_passes())
+    for got in runs:
         for key, value in plain.items():
             if isinstance(key, str):  # Gram rows
-                assert torch.equal(got[key], value), (key, forced)
+                assert torch.equal(got[key], value), key
             elif key[0] != "quantize":  # g̃
-                assert torch.equal(got[key][0], value[0]), (key, forced)
+                assert torch.equal(got[key][0], value[0]), key
     chosen = native.prefetch_choice()
-    assert set(chosen) == {f"{kind} {storage}" for kind in ("gram", "combine") for storage in STORAGES}
-    assert all(c["bytes"] in native.PREFETCH_CANDIDATES for c in chosen.values())
+    assert {name.rsplit(" ", 1)[0] for name in chosen} == {
+        f"{kind} {storage}" for kind in ("gram", "combine") for storage in STORAGES}
+    for c in chosen.values():
+        assert c["bytes"] in native.PREFETCH_CANDIDATES and set(c["seconds"]) == set(native.PREFETCH_CANDIDATES)
 
 
 @pytest.mark.parametrize("storage", STORAGES)
