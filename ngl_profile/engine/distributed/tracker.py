@@ -46,6 +46,7 @@ class ShardedMemoryTracker(MemoryTracker):
         self._orig_resize = None
         self._depth = 0  # nested `with tracker:` blocks (DDP's constructor, then each step)
         self._peak_roles: dict | None = None
+        self._bucket_like: set | None = None  # inside naming_new: serials a floating-point empty() made
 
     # --- tensors behind subclasses ----------------------------------------------------------------
     def _tag(self, tensor: torch.Tensor, category: str) -> None:
@@ -69,11 +70,23 @@ class ShardedMemoryTracker(MemoryTracker):
 
     @contextmanager
     def naming_new(self, phase: str, role: str):
-        """Run a block in `phase` and give `role` to every storage it created that outlives it (DDP's
-        reducer builds its buckets in C++, out of Python's sight: what it leaves behind is them)."""
+        """Run a block in `phase` and give `role` to every storage a floating-point empty() in it
+        created that outlives it (DDP's reducer builds its buckets in C++, out of Python's sight:
+        what it leaves behind of those is them)."""
         first = self._serial
-        with self.phase(phase):
-            yield
+        self._bucket_like, outer = set(), self._bucket_like
+        try:
+            with self.phase(phase):
+                yield
+        finally:
+            bucket_like, self._bucket_like = self._bucket_like, outer
+        # The rest is the C++ code's scratch (the flat copies DDP broadcasts parameters and buffers
+        # through, the rebuild's bucket indices): a gloo Work holds it too, and its worker thread
+        # drops the last reference whenever it gets the GIL, so it can outlive the block and even
+        # the step's peak. Counted as freed here, where the block ends, so no run depends on when.
+        for key, entry in list(self._s.live.items()):
+            if entry.serial > first and entry.serial not in bucket_like:
+                self._free(key)
         for entry in self._s.live.values():
             if entry.serial > first and entry.nbytes:
                 self._roles[entry.serial] = role
@@ -102,6 +115,9 @@ class ShardedMemoryTracker(MemoryTracker):
             if isinstance(t, torch.Tensor):
                 for st in local_storages(t):
                     entry = self._track(st, self._phase)
+                    if (self._bucket_like is not None and func is torch.ops.aten.empty.memory_format
+                            and t.is_floating_point()):  # the reducer's at::empty of a bucket
+                        self._bucket_like.add(entry.serial)
                     if role is not None:
                         self._roles[entry.serial] = role
                         self._tags[entry.serial] = ROLES[role]
