@@ -299,19 +299,23 @@ def main() -> None:
           "column written and g̃ written and read (writes counted once, as reads)")
     picked = {n: r["opt"].kernel_choice for n, r in runs.items()
               if r["mode"] == "auto" and hasattr(r["opt"], "kernel_choice")}
-    if picked:
-        print(f"\nkernel choices of the auto rows (each optimizer times its own steps with each of "
-              f"{', '.join(choice.candidates(device))} window passes, median of the trial steps; choice.py):")
-        for name, c in picked.items():
-            timed = ", ".join(f"{m} {sec * 1e3:.1f} ms" for m, sec in c["median_step_s"].items())
-            print(f"  {name:<32}→ {str(c['choice']):<9} ({timed})")
-    fetched = native.prefetch_choice()
-    if fetched:
-        print(f"\nwindow.c's prefetch distance per pass and arena, kept after {native.PREFETCH_TRIES} timed calls at "
-              f"each (their medians; optim/native.py):")
-        for name, c in fetched.items():
-            tried = ", ".join(f"{d} B {sec * 1e3:.2f} ms" for d, sec in c["seconds"].items())
-            print(f"  {name:<40}→ {c['bytes']} B ahead ({tried})")
+    print_choices(f"kernel choices of the auto rows (each optimizer times its own steps with each of "
+                  f"{', '.join(choice.candidates(device))} window passes, median of the trial steps; choice.py)",
+                  {n: (c["choice"], {m: f"{sec * 1e3:.1f} ms" for m, sec in c["median_step_s"].items()})
+                   for n, c in picked.items()})
+    print_choices(f"window.c's prefetch distance per pass and arena, kept after {native.PREFETCH_TRIES} timed "
+                  f"calls at each (their medians; optim/native.py)",
+                  {n: (f"{c['bytes']} B ahead", {f"{d} B": f"{sec * 1e3:.2f} ms" for d, sec in c["seconds"].items()})
+                   for n, c in native.prefetch_choice().items()})
+
+
+def print_choices(title: str, rows: dict[str, tuple[str, dict[str, str]]]) -> None:
+    """name → what was kept (each candidate and its time), under `title`; nothing if no rows."""
+    if rows:
+        print(f"\n{title}:")
+        for name, (kept, timed) in rows.items():
+            print(f"  {name:<40}→ {str(kept):<12} ({', '.join(f'{k} {v}' for k, v in timed.items())})")
+
 
 if __name__ == "__main__":
     main()
