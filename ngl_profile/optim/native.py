@@ -5,8 +5,11 @@ Why: on an Intel Xeon (2 vCPUs, AVX-512) inductor's float64-widened passes (kern
 a scalar loop and a reload, so its loop is compute-bound there. window.c widens with the C
 compiler's own vector conversion and reads the window once per pass; over llama-60m's two arenas
 it took 1.10× (Gram rows) and 1.00× (g̃) a plain read on that machine, where the compiled
-passes took 3.0× and 3.5× (benchmarks/window_passes.py prints these rows). Which implementation
-runs is still measured, not assumed: the optimizers time their steps with each (choice.py).
+passes took 3.0× and 3.5× (benchmarks/window_passes.py prints these rows). With the window's rows
+prefetched (`_run` measures how far ahead) they took 0.76× and 0.83× a plain read of the windows one
+by one there (2026-12-04): the rows are read as several streams at once, which the memory serves
+faster than the one stream of that read. Which implementation runs is still measured, not
+assumed: the optimizers time their steps with each (choice.py).
 
 Built with the C compiler inductor would use on a CPU ($CC, else `cc`), `-O3 -march=native
 -fopenmp`, into a cache keyed by the source, the flags, the compiler and the CPU's flags
