@@ -196,7 +196,7 @@ def prefetch_choice() -> dict[str, dict]:
     return {f"{kind} {str(dtype).removeprefix('torch.')} {'×'.join(map(str, shape))}":
             {"bytes": _prefetch.get((kind, dtype, shape)),
              "seconds": {d: statistics.median(t) for d, t in tried.items() if t}}
-            for (kind, dtype, shape), tried in _prefetch_seconds.items()}
+            for (kind, dtype, shape), tried in list(_prefetch_seconds.items())}  # a copy: passes may run meanwhile
 
 
 def _run(kind: str, cols: torch.Tensor, call) -> None:

@@ -160,6 +160,7 @@ GRAM_GROUP(group_bf16, load_bf16, one_bf16)
 #define GRAM_TASK(NAME, GROUP)                                                                  \
     static void NAME(const char *w, int64_t ss, int64_t s, const char *g, int64_t lo,           \
                      int64_t hi, int64_t eb, int64_t pf, double *part) {                        \
+        if (s <= 0) return; /* no rows (and no groups to divide by) */                          \
         int64_t groups = (s + GRAM_MAX_ROWS - 1) / GRAM_MAX_ROWS, R = (s + groups - 1) / groups; \
         for (int64_t j0 = 0; j0 < s; j0 += R) {                                                 \
             const char *r[GRAM_MAX_ROWS];                                                       \

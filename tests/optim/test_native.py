@@ -102,8 +102,10 @@ def test_prefetch_distance_is_measured_and_changes_no_result(built, monkeypatch)
     assert native.prefetch_choice() == {}
     calls = native.PREFETCH_TRIES * len(native.PREFETCH_CANDIDATES)
     runs = [_all_passes() for _ in range(calls)]  # the last ones run at the kept distances
+    timed = native.prefetch_choice()
     with native.prefetch_forced(native.PREFETCH_CANDIDATES[-1]):  # the farthest, whatever was kept
         runs.append(_all_passes())
+    assert native.prefetch_choice() == timed  # nothing timed while forced
     for got in runs:
         for key, value in plain.items():
             if isinstance(key, str):  # Gram rows
