@@ -98,12 +98,18 @@ def _mode_product(x: torch.Tensor, mats: Basis, transpose: bool) -> torch.Tensor
     return x
 
 
-def project(grad: torch.Tensor, basis: Basis, side: str) -> torch.Tensor:
+def _one_sided(grad: torch.Tensor, basis: Basis, side: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two factors of a one-sided projection's matmul (left: Pᵀ∇, right: ∇Qᵀ); None for Tucker."""
     if side == "left":
-        return basis[0].t() @ grad
+        return basis[0].t(), grad
     if side == "right":
-        return grad @ basis[0].t()
-    return _mode_product(grad, basis, transpose=True)
+        return grad, basis[0].t()
+    return None
+
+
+def project(grad: torch.Tensor, basis: Basis, side: str) -> torch.Tensor:
+    factors = _one_sided(grad, basis, side)
+    return _mode_product(grad, basis, transpose=True) if factors is None else factors[0] @ factors[1]
 
 
 def project_into(grad: torch.Tensor, basis: Basis, side: str, out: torch.Tensor) -> torch.Tensor | None:
@@ -111,15 +117,13 @@ def project_into(grad: torch.Tensor, basis: Basis, side: str, out: torch.Tensor)
     next slot), returned as a view of it in the projected shape: the window then needs no copy of
     a projected gradient. None, writing nothing, where that is not one matmul of out's size and
     dtype (a Tucker basis, another length)."""
-    if side == "left":
-        shape = (basis[0].shape[1], grad.shape[1])
-    elif side == "right":
-        shape = (grad.shape[0], basis[0].shape[0])
-    else:
+    factors = _one_sided(grad, basis, side)
+    if factors is None:
         return None
-    if out.numel() != shape[0] * shape[1] or not (out.dtype == grad.dtype == basis[0].dtype) or not out.is_contiguous():
+    a, b = factors
+    shape = (a.shape[0], b.shape[1])
+    if out.numel() != shape[0] * shape[1] or not (out.dtype == a.dtype == b.dtype) or not out.is_contiguous():
         return None
-    a, b = (basis[0].t(), grad) if side == "left" else (grad, basis[0].t())
     return torch.mm(a, b, out=out.view(shape))  # the kernel `@` runs: the same bits
 
 
